@@ -1,0 +1,138 @@
+// Package consent holds ConsentLine's domain: what a consent decision is, how
+// a caller's answer is classified, and how a decision is recorded exactly once
+// per call and disclosure script.
+//
+// The storage and locking backends live in their own packages behind the
+// Store and Locker interfaces declared here (SQLite or PostgreSQL; in-process
+// or Redis), so this package depends on neither.
+package consent
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Decision is the recorded outcome of a consent conversation.
+type Decision string
+
+const (
+	Granted    Decision = "granted"
+	Declined   Decision = "declined"
+	NoResponse Decision = "no_response"
+)
+
+// Intent is what a single answer means, before thresholds and retries are
+// applied.
+type Intent string
+
+const (
+	Agree    Intent = "agree"
+	Decline  Intent = "decline"
+	Unclear  Intent = "unclear"
+	NoIntent Intent = "" // nothing was said or pressed
+)
+
+// Decision maps a clear intent to its decision; ok is false for Unclear and
+// NoIntent.
+func (i Intent) Decision() (d Decision, ok bool) {
+	switch i {
+	case Agree:
+		return Granted, true
+	case Decline:
+		return Declined, true
+	}
+	return "", false
+}
+
+// Source says which channel produced the answer a record was decided from.
+// The values are the relay event's `source` field (CONTRACT.md §3).
+type Source string
+
+const (
+	SourceSpeech         Source = "speech"
+	SourceSpeechPartial  Source = "speech_partial"
+	SourceDTMF           Source = "dtmf"
+	SourceMediaStream    Source = "media_stream"
+	SourceStatusCallback Source = "status_callback"
+)
+
+// ScriptRef identifies the exact disclosure text a caller heard.
+type ScriptRef struct {
+	ID       string `json:"id"`
+	Version  string `json:"version"`
+	Language string `json:"language"`
+	// SHA256 is the hex SHA-256 of the exact text spoken (see twiml.Script.SpokenText).
+	SHA256 string `json:"sha256"`
+}
+
+// Sealed is a value encrypted at rest: a JWE compact string
+// (dir/A256GCM, kid in the protected header). The zero value means "absent".
+// It never holds plaintext.
+type Sealed string
+
+// Record is one consent decision: exactly one exists per (CallSID, Script.ID).
+type Record struct {
+	// ID is the record's id; the relay event for it carries the same id.
+	ID      string
+	CallSID string
+	Script  ScriptRef
+
+	Decision Decision
+	Source   Source
+	// Confidence is the recognizer's confidence in [0,1]; nil for DTMF and
+	// for decisions not taken from an answer (no_response).
+	Confidence *float64
+
+	// BargeIn is true when the caller answered before the interruptible part
+	// of the disclosure had finished playing; DisclosureHeardMS is how much of
+	// the disclosure had played by then.
+	BargeIn           bool
+	DisclosureHeardMS int64
+
+	// PatientRef is a keyed pseudonym of the caller's number, stable across
+	// encryption-key rotation.
+	PatientRef string
+	// From, To and Transcript are PHI and only ever held sealed.
+	From       Sealed
+	To         Sealed
+	Transcript Sealed
+
+	DecidedAt time.Time
+}
+
+var (
+	// ErrNotFound is returned by Store.Get when no record exists.
+	ErrNotFound = errors.New("consent: record not found")
+	// ErrLockTimeout is returned by a Locker that could not acquire a lock
+	// before its context ended.
+	ErrLockTimeout = errors.New("consent: per-call lock not acquired in time")
+)
+
+// Store persists consent records. Implementations: consent/sqlitestore (the
+// embedded default) and consent/pgstore (PostgreSQL).
+type Store interface {
+	// Record inserts rec unless a record for (rec.CallSID, rec.Script.ID)
+	// already exists. It returns the record now stored (rec, or the earlier
+	// one) and whether this call created it. The store's unique constraint is
+	// the last guard of exactly-once: two concurrent calls never both report
+	// created.
+	Record(ctx context.Context, rec Record) (stored Record, created bool, err error)
+	// Get returns the record for (callSID, scriptID) or ErrNotFound.
+	Get(ctx context.Context, callSID, scriptID string) (Record, error)
+	// Ping reports whether the store is reachable (for /readyz).
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// Locker serializes deciding per call. Implementations: consent/memlock
+// (in-process) and consent/redislock (shared by all instances).
+type Locker interface {
+	// Acquire blocks until it holds the lock named key or ctx ends (then it
+	// returns an error wrapping ErrLockTimeout or the backend's error).
+	// The returned context is derived from ctx and is canceled when the lock
+	// is lost (e.g. its TTL lapsed and another owner took it), so work done
+	// under it stops instead of committing. release frees the lock if this
+	// owner still holds it; it is safe to call more than once.
+	Acquire(ctx context.Context, key string) (held context.Context, release func(), err error)
+}

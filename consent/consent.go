@@ -120,6 +120,11 @@ type Store interface {
 	Record(ctx context.Context, rec Record) (stored Record, created bool, err error)
 	// Get returns the record for (callSID, scriptID) or ErrNotFound.
 	Get(ctx context.Context, callSID, scriptID string) (Record, error)
+	// Secret returns the sealed secret stored under name, storing
+	// generate()'s value first when there is none (first writer wins, so
+	// every instance sees the same value). Used for the patient_ref
+	// pseudonym key, which must outlive encryption-key rotation.
+	Secret(ctx context.Context, name string, generate func() (Sealed, error)) (Sealed, error)
 	// Ping reports whether the store is reachable (for /readyz).
 	Ping(ctx context.Context) error
 	Close() error

@@ -1,0 +1,226 @@
+package twiml
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/consentline/consentline/consent"
+	"github.com/twilio/twilio-go/twiml"
+)
+
+// languageTimeoutS is how long, in seconds, Twilio waits for a language key
+// after the greeting before it moves on to the default disclosure. Short: most
+// callers press nothing, and they should not sit in silence.
+const languageTimeoutS = 1
+
+// GatherURLs are the absolute callback URLs of an answer <Gather>, built by
+// the caller from PUBLIC_BASE_URL (Twilio signs requests against them, so
+// they must be exactly the public URLs).
+type GatherURLs struct {
+	// Action receives the final answer (SpeechResult/Confidence or Digits),
+	// and also an empty result when the caller said nothing.
+	Action string
+	// PartialResult receives interim speech results while the caller talks;
+	// empty leaves partialResultCallback off.
+	PartialResult string
+}
+
+// emptyDoc is what twiml.Voice(nil) produces; kept as a constant because an
+// empty answer is the hot path of the status callback.
+const emptyDoc = `<?xml version="1.0" encoding="UTF-8"?><Response/>`
+
+// Empty is an empty TwiML document, for callbacks that need no TwiML.
+func Empty() []byte { return []byte(emptyDoc) }
+
+// Incoming is the answer to a new call: the greeting and the other
+// languages' prompts inside a short DTMF <Gather> posting a language key to
+// languageAction, then exactly what Disclosure renders for s. A caller who
+// presses nothing falls through to s's disclosure after languageTimeoutS;
+// the IVR answers languageAction with Disclosure of the chosen script (or of
+// s again for a key that chooses nothing). With no other language in l the
+// greeting is spoken without a <Gather>, and languageAction is unused.
+// Use l.GreetingMS(s) for when the disclosure starts.
+func Incoming(l *Library, s *Script, languageAction string, g GatherURLs) ([]byte, error) {
+	if err := checkGather(g); err != nil {
+		return nil, err
+	}
+	p := s.prep()
+	others := l.languageChoices(s)
+	verbs := make([]twiml.Element, 0, 2+len(p.mustHear))
+	if len(others) == 0 {
+		if s.Greeting != "" {
+			verbs = append(verbs, s.say(s.Greeting))
+		}
+	} else {
+		if err := checkURL("language action", languageAction, true); err != nil {
+			return nil, err
+		}
+		inner := make([]twiml.Element, 0, 1+len(others))
+		if s.Greeting != "" {
+			inner = append(inner, s.say(s.Greeting))
+		}
+		for _, o := range others {
+			// Each prompt in its own language and voice: "Para
+			// español, oprima 9" read by an English voice is not
+			// understood by the callers it is for.
+			inner = append(inner, o.say(o.LanguagePrompt))
+		}
+		verbs = append(verbs, twiml.VoiceGather{
+			Input:         "dtmf",
+			NumDigits:     "1",
+			Timeout:       strconv.Itoa(languageTimeoutS),
+			Action:        languageAction,
+			Method:        "POST",
+			InnerElements: inner,
+		})
+	}
+	verbs = appendDisclosure(verbs, s, p, g)
+	return render(verbs)
+}
+
+// Disclosure reads the disclosure and asks the question. Must-hear segments
+// are <Say>s outside any <Gather>, so neither speech nor a key press can cut
+// them short; the interruptible segments and the question are inside a
+// speech+DTMF <Gather> with bargeIn, so a caller who already knows their
+// answer can give it. actionOnEmptyResult makes Twilio post to g.Action even
+// on silence, so the IVR decides what happens next instead of Twilio falling
+// off the end of the document and hanging up.
+func Disclosure(s *Script, g GatherURLs) ([]byte, error) {
+	if err := checkGather(g); err != nil {
+		return nil, err
+	}
+	p := s.prep()
+	verbs := make([]twiml.Element, 0, 1+len(p.mustHear))
+	return render(appendDisclosure(verbs, s, p, g))
+}
+
+func appendDisclosure(verbs []twiml.Element, s *Script, p *prepared, g GatherURLs) []twiml.Element {
+	verbs = append(verbs, p.mustHear...)
+	return append(verbs, answerGather(s, p, g, p.interruptible))
+}
+
+// Reprompt asks again after an unclear or missing answer: the same <Gather>
+// as Disclosure's with s.Reprompts[attempt-1] (attempt is clamped to the
+// re-prompts there are, so a third attempt hears the last one again).
+func Reprompt(s *Script, attempt int, g GatherURLs) ([]byte, error) {
+	if err := checkGather(g); err != nil {
+		return nil, err
+	}
+	if len(s.Reprompts) == 0 {
+		return nil, fmt.Errorf("twiml: script %s/%s has no reprompts", s.ID, s.Language)
+	}
+	i := min(max(attempt, 1), len(s.Reprompts)) - 1
+	p := s.prep()
+	inner := []twiml.Element{s.say(s.Reprompts[i])}
+	return render([]twiml.Element{answerGather(s, p, g, inner)})
+}
+
+// answerGather is the <Gather> every answer to the question goes through.
+func answerGather(s *Script, p *prepared, g GatherURLs, inner []twiml.Element) twiml.VoiceGather {
+	return twiml.VoiceGather{
+		Input:                 "speech dtmf",
+		BargeIn:               "true",
+		NumDigits:             "1",
+		SpeechTimeout:         "auto",
+		Language:              s.Language,
+		Hints:                 p.hints,
+		Action:                g.Action,
+		Method:                "POST",
+		PartialResultCallback: g.PartialResult,
+		ActionOnEmptyResult:   "true",
+		InnerElements:         inner,
+	}
+}
+
+// Confirm asks for a key press to confirm a spoken answer the recognizer was
+// not sure of. Key-only: asking to confirm speech with more speech would
+// repeat the uncertainty.
+func Confirm(s *Script, action string) ([]byte, error) {
+	if err := checkURL("confirm action", action, true); err != nil {
+		return nil, err
+	}
+	return render([]twiml.Element{twiml.VoiceGather{
+		Input:               "dtmf",
+		NumDigits:           "1",
+		Action:              action,
+		Method:              "POST",
+		ActionOnEmptyResult: "true",
+		InnerElements:       []twiml.Element{s.say(s.Confirm)},
+	}})
+}
+
+// ReadBack tells the caller what was recorded, then hangs up.
+// consent.NoResponse reads the script's no-response close.
+func ReadBack(s *Script, d consent.Decision) ([]byte, error) {
+	if d == consent.NoResponse {
+		return NoResponse(s)
+	}
+	text, ok := s.ReadBack[d]
+	if !ok || text == "" {
+		return nil, fmt.Errorf("twiml: script %s/%s has no read_back for %q", s.ID, s.Language, d)
+	}
+	return render([]twiml.Element{s.say(text), twiml.VoiceHangup{}})
+}
+
+// NoResponse is the polite close after the last unclear answer; it hangs up.
+func NoResponse(s *Script) ([]byte, error) {
+	return render([]twiml.Element{s.say(s.NoResponse), twiml.VoiceHangup{}})
+}
+
+// Hold keeps the caller on the line while a dependency is slow: the hold
+// line, a one-second pause, then a POST to redirect, which answers with the
+// real next step (or holds again). Answering this way keeps every webhook far
+// inside Twilio's 15-second timeout. A script without a hold line pauses in
+// silence.
+func Hold(s *Script, redirect string) ([]byte, error) {
+	if err := checkURL("hold redirect", redirect, true); err != nil {
+		return nil, err
+	}
+	verbs := make([]twiml.Element, 0, 3)
+	if s.Hold != "" {
+		verbs = append(verbs, s.say(s.Hold))
+	}
+	verbs = append(verbs,
+		twiml.VoicePause{Length: "1"},
+		twiml.VoiceRedirect{Url: redirect, Method: "POST"},
+	)
+	return render(verbs)
+}
+
+func render(verbs []twiml.Element) ([]byte, error) {
+	doc, err := twiml.Voice(verbs)
+	if err != nil {
+		return nil, fmt.Errorf("twiml: render: %w", err)
+	}
+	return []byte(doc), nil
+}
+
+func checkGather(g GatherURLs) error {
+	if err := checkURL("gather action", g.Action, true); err != nil {
+		return err
+	}
+	return checkURL("partial result callback", g.PartialResult, false)
+}
+
+// checkURL insists on absolute http(s) URLs: Twilio would resolve a relative
+// one against the webhook's URL, and signatures are checked against the
+// PUBLIC_BASE_URL form (CONTRACT.md §1), so a relative URL is a bug to catch
+// here rather than a 403 mid-call. A prefix check, not url.Parse: this runs
+// on every webhook.
+func checkURL(what, u string, required bool) error {
+	if u == "" {
+		if required {
+			return fmt.Errorf("twiml: %s URL is empty", what)
+		}
+		return nil
+	}
+	rest, ok := strings.CutPrefix(u, "https://")
+	if !ok {
+		rest, ok = strings.CutPrefix(u, "http://")
+	}
+	if !ok || rest == "" || rest[0] == '/' {
+		return fmt.Errorf("twiml: %s URL %q is not absolute (build it from PUBLIC_BASE_URL)", what, u)
+	}
+	return nil
+}

@@ -7,8 +7,9 @@ import "strings"
 // it from the text: Polly's standard voices read prompts at roughly 150 words
 // a minute (400 ms a word), and pause at each sentence end and between
 // consecutive <Say> verbs. The estimate errs a little long rather than short:
-// a short estimate would report a caller who heard everything as having
-// interrupted.
+// a short one would record a caller who interrupted as having heard the whole
+// disclosure, which overstates what they were told; a long one at worst flags
+// as a barge-in an answer given just after the question ended.
 const (
 	msPerWord     = 60_000 / 150 // 150 words per minute
 	msPerSentence = 350          // the pause at a sentence end or between <Say>s

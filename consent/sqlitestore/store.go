@@ -1,0 +1,352 @@
+// Package sqlitestore is the embedded consent.Store: one SQLite file in the
+// data directory, through the pure-Go driver modernc.org/sqlite, so a single
+// instance needs no database server.
+//
+// # Concurrency
+//
+// SQLite allows one writer at a time; a second connection that tries to write
+// gets SQLITE_BUSY, and a transaction that starts reading and then upgrades
+// to writing can get it even with a busy timeout. The store therefore keeps
+// two handles on the file:
+//
+//   - the writer: one connection (SetMaxOpenConns(1)) whose transactions all
+//     begin IMMEDIATE (_txlock=immediate). Concurrent writers in this process
+//     queue in database/sql for that connection, honouring their contexts
+//     while they wait, instead of spinning in SQLite's busy handler. IMMEDIATE
+//     takes the write lock at BEGIN, so a transaction never has to upgrade a
+//     read lock; busy_timeout covers the remaining case of another process
+//     (or a second Store) writing the same file.
+//   - the readers: a small pool of query_only connections. In WAL mode readers
+//     and the writer do not block each other, so Get never waits behind a
+//     Record.
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/consentline/consentline/consent"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// FileName is the database file Open creates in its directory.
+const FileName = "consentline.db"
+
+// Options configure Open.
+type Options struct {
+	// Migrate applies pending migrations before Open returns. Without it the
+	// caller runs Migrate (e.g. from a separate "migrate" command).
+	Migrate bool
+
+	// AfterInsert, when set, is called inside the transaction that created a
+	// record, right after the insert; it is not called when Record found an
+	// existing record. An error from it rolls the whole transaction back, so
+	// the record and whatever the hook wrote (e.g. an outbox row) are stored
+	// together or not at all.
+	//
+	// The hook must use tx, not DB(): the writer has one connection and tx is
+	// holding it, so a statement on DB() would wait until ctx ends.
+	AfterInsert func(ctx context.Context, tx *sql.Tx, rec consent.Record) error
+}
+
+// Store is the SQLite consent.Store. Its methods are safe for concurrent use.
+type Store struct {
+	write       *sql.DB
+	read        *sql.DB
+	path        string
+	afterInsert func(ctx context.Context, tx *sql.Tx, rec consent.Record) error
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ consent.Store = (*Store)(nil)
+
+const (
+	// busy_timeout only matters when another process or Store writes the same
+	// file; within one Store writers queue for the single connection.
+	// synchronous=NORMAL in WAL mode is durable against process crashes and
+	// loses at most the last commits on power loss, without an fsync per
+	// commit. foreign_keys is per connection and off by default in SQLite.
+	writeParams = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate"
+	// query_only makes a stray write on a reader fail loudly instead of
+	// becoming a second writer.
+	readParams = "_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=query_only(1)"
+)
+
+// Open opens (creating when needed) dir/consentline.db. The directory and the
+// file are made private to the user: the records are sealed, but call SIDs and
+// decisions are not.
+func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("sqlitestore: no data directory given")
+	}
+	if strings.ContainsAny(dir, "?#") {
+		// The driver reads everything after '?' as connection parameters.
+		return nil, fmt.Errorf("sqlitestore: data directory %q must not contain '?' or '#'", dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("sqlitestore: create data directory: %w", err)
+	}
+	path := filepath.Join(dir, FileName)
+	// SQLite would create the file 0644; create it first so it is 0600. The
+	// -wal and -shm files SQLite makes take the database file's mode.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: %w", err)
+	}
+	f.Close()
+
+	s := &Store{path: path, afterInsert: opts.AfterInsert}
+	s.write, err = sql.Open("sqlite", path+"?"+writeParams)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: %w", err)
+	}
+	s.write.SetMaxOpenConns(1)
+	s.write.SetMaxIdleConns(1)
+	s.write.SetConnMaxLifetime(0)
+	s.write.SetConnMaxIdleTime(0)
+
+	// Connect the writer before any reader: it switches the file to WAL, and a
+	// bad path or a file that is not a database fails here, not on the first
+	// call.
+	var mode string
+	if err := s.write.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		s.write.Close()
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, ctxCause(ctx, err))
+	}
+	if !strings.EqualFold(mode, "wal") {
+		// Without WAL readers block the writer and the design above fails;
+		// some network file systems cannot do WAL.
+		s.write.Close()
+		return nil, fmt.Errorf("sqlitestore: %s is in journal mode %q, not WAL (is %s on a network file system?)", path, mode, dir)
+	}
+
+	s.read, err = sql.Open("sqlite", path+"?"+readParams)
+	if err != nil {
+		s.write.Close()
+		return nil, fmt.Errorf("sqlitestore: %w", err)
+	}
+	readers := max(4, runtime.GOMAXPROCS(0))
+	s.read.SetMaxOpenConns(readers)
+	s.read.SetMaxIdleConns(readers)
+	if err := s.read.PingContext(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("sqlitestore: open %s for reading: %w", path, ctxCause(ctx, err))
+	}
+
+	if opts.Migrate {
+		if err := s.Migrate(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// DB returns the writer handle (one connection, IMMEDIATE transactions), for
+// code that must write the same file, such as River's riversqlite driver.
+// Everything written through it queues with the store's own writes.
+func (s *Store) DB() *sql.DB { return s.write }
+
+// Path returns the database file's path.
+func (s *Store) Path() string { return s.path }
+
+// timeLayout is fixed-width RFC 3339 in UTC with microseconds: it parses back
+// with time.RFC3339Nano and sorts as text in time order.
+const timeLayout = "2006-01-02T15:04:05.000000Z"
+
+func formatTime(t time.Time) string { return t.UTC().Format(timeLayout) }
+
+func parseTime(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	return t.UTC(), err
+}
+
+// ctxCause makes a context's end visible to errors.Is when the driver reports
+// only its consequence (SQLite says "interrupted").
+func ctxCause(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w: %w", cerr, err)
+	}
+	return err
+}
+
+const recordColumns = `id, call_sid, script_id, script_version, script_language, script_sha256,
+    decision, source, confidence, barge_in, disclosure_heard_ms, patient_ref,
+    from_sealed, to_sealed, transcript_sealed, decided_at`
+
+// The conflict target names only (call_sid, script_id): a clash on the id
+// primary key is a real error (two records given one id), not a duplicate.
+const insertRecord = `INSERT INTO consent_records (` + recordColumns + `, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (call_sid, script_id) DO NOTHING`
+
+const selectRecord = `SELECT ` + recordColumns + ` FROM consent_records WHERE call_sid = ? AND script_id = ?`
+
+func scanRecord(row *sql.Row) (consent.Record, error) {
+	var (
+		r         consent.Record
+		conf      sql.NullFloat64
+		decidedAt string
+	)
+	err := row.Scan(&r.ID, &r.CallSID, &r.Script.ID, &r.Script.Version, &r.Script.Language, &r.Script.SHA256,
+		&r.Decision, &r.Source, &conf, &r.BargeIn, &r.DisclosureHeardMS, &r.PatientRef,
+		&r.From, &r.To, &r.Transcript, &decidedAt)
+	if err != nil {
+		return consent.Record{}, err
+	}
+	if conf.Valid {
+		r.Confidence = &conf.Float64
+	}
+	if r.DecidedAt, err = parseTime(decidedAt); err != nil {
+		return consent.Record{}, fmt.Errorf("record %s: decided_at: %w", r.ID, err)
+	}
+	return r, nil
+}
+
+// Record implements consent.Store.
+func (s *Store) Record(ctx context.Context, rec consent.Record) (consent.Record, bool, error) {
+	rec, err := normalize(rec)
+	if err != nil {
+		return consent.Record{}, false, fmt.Errorf("sqlitestore: record: %w", err)
+	}
+	stored, created, err := s.record(ctx, rec)
+	if err != nil {
+		return consent.Record{}, false, fmt.Errorf("sqlitestore: record %s/%s: %w", rec.CallSID, rec.Script.ID, ctxCause(ctx, err))
+	}
+	return stored, created, nil
+}
+
+func (s *Store) record(ctx context.Context, rec consent.Record) (consent.Record, bool, error) {
+	tx, err := s.write.BeginTx(ctx, nil) // IMMEDIATE: holds the write lock from here
+	if err != nil {
+		return consent.Record{}, false, err
+	}
+	defer tx.Rollback()
+
+	var conf sql.NullFloat64
+	if rec.Confidence != nil {
+		conf = sql.NullFloat64{Float64: *rec.Confidence, Valid: true}
+	}
+	res, err := tx.ExecContext(ctx, insertRecord,
+		rec.ID, rec.CallSID, rec.Script.ID, rec.Script.Version, rec.Script.Language, rec.Script.SHA256,
+		string(rec.Decision), string(rec.Source), conf, rec.BargeIn, rec.DisclosureHeardMS, rec.PatientRef,
+		string(rec.From), string(rec.To), string(rec.Transcript), formatTime(rec.DecidedAt), formatTime(time.Now()))
+	if err != nil {
+		return consent.Record{}, false, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return consent.Record{}, false, err
+	}
+	if n == 0 {
+		// The write lock we hold means the conflicting row is committed and
+		// visible to this transaction.
+		existing, err := scanRecord(tx.QueryRowContext(ctx, selectRecord, rec.CallSID, rec.Script.ID))
+		return existing, false, err
+	}
+	if s.afterInsert != nil {
+		if err := s.afterInsert(ctx, tx, rec); err != nil {
+			return consent.Record{}, false, fmt.Errorf("after insert: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return consent.Record{}, false, err
+	}
+	return rec, true, nil
+}
+
+// Get implements consent.Store.
+func (s *Store) Get(ctx context.Context, callSID, scriptID string) (consent.Record, error) {
+	rec, err := scanRecord(s.read.QueryRowContext(ctx, selectRecord, callSID, scriptID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return consent.Record{}, consent.ErrNotFound
+	}
+	if err != nil {
+		return consent.Record{}, fmt.Errorf("sqlitestore: get %s/%s: %w", callSID, scriptID, ctxCause(ctx, err))
+	}
+	return rec, nil
+}
+
+// Secret implements consent.Store.
+func (s *Store) Secret(ctx context.Context, name string, generate func() (consent.Sealed, error)) (consent.Sealed, error) {
+	v, err := s.secret(ctx, name)
+	if err == nil {
+		return v, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("sqlitestore: secret %q: %w", name, ctxCause(ctx, err))
+	}
+	// generate runs outside any transaction: it may be slow (key
+	// generation, sealing) and must not hold the write lock.
+	gen, err := generate()
+	if err != nil {
+		return "", fmt.Errorf("sqlitestore: secret %q: generate: %w", name, err)
+	}
+	if err := checkSealed("secret "+name, gen); err != nil {
+		return "", fmt.Errorf("sqlitestore: %w", err)
+	}
+	// First writer wins: a concurrent caller's value may already be there,
+	// and then ours is dropped and theirs returned.
+	if _, err := s.write.ExecContext(ctx,
+		`INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`,
+		name, string(gen), formatTime(time.Now())); err != nil {
+		return "", fmt.Errorf("sqlitestore: secret %q: %w", name, ctxCause(ctx, err))
+	}
+	v, err = s.secret(ctx, name)
+	if err != nil {
+		return "", fmt.Errorf("sqlitestore: secret %q: %w", name, ctxCause(ctx, err))
+	}
+	return v, nil
+}
+
+func (s *Store) secret(ctx context.Context, name string) (consent.Sealed, error) {
+	var v string
+	err := s.read.QueryRowContext(ctx, `SELECT value FROM secrets WHERE name = ?`, name).Scan(&v)
+	return consent.Sealed(v), err
+}
+
+// Ping reports whether the database file can be read. It uses a reader, so a
+// long write does not make the instance look unready.
+func (s *Store) Ping(ctx context.Context) error {
+	var v int64
+	// schema_version reads the file's header page, so this touches the disk
+	// (unlike a bare SELECT 1).
+	if err := s.read.QueryRowContext(ctx, "PRAGMA schema_version").Scan(&v); err != nil {
+		return fmt.Errorf("sqlitestore: ping: %w", ctxCause(ctx, err))
+	}
+	return nil
+}
+
+// Close closes both handles; the writer last, so its connection, the last
+// one on the file, checkpoints the WAL into the database file. Close is safe
+// to call more than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		var errs []error
+		if s.read != nil {
+			errs = append(errs, s.read.Close())
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		// Recommended by SQLite before closing a long-lived connection; it
+		// only analyzes tables whose statistics are stale. Best effort.
+		_, _ = s.write.ExecContext(ctx, "PRAGMA optimize")
+		cancel()
+		errs = append(errs, s.write.Close())
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}

@@ -1,0 +1,230 @@
+// Package relay turns consent decisions and call completions into the relay
+// event of CONTRACT.md §3, appends each to a hash-chained audit log and
+// delivers it, signed Standard Webhooks style, to the clinic's Zapier Catch
+// Hook with retries spanning more than a day.
+//
+// Nothing is lost between the decision and the delivery: the audit entry and
+// the River delivery job are written in the same database transaction as the
+// consent record (a transactional outbox), so either all three exist or none.
+//
+// PHI never appears in clear in an event, a log line or an error: from, to and
+// transcript travel as JWE values made by consent/pii, and errors carry at
+// most an HTTP status line.
+package relay
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/consentline/consentline/consent"
+	"github.com/consentline/consentline/consent/pii"
+)
+
+// Event types (CONTRACT.md §3).
+const (
+	TypeConsentGranted    = "consent.granted"
+	TypeConsentDeclined   = "consent.declined"
+	TypeConsentNoResponse = "consent.no_response"
+	TypeConsentRevoked    = "consent.revoked"
+	TypeCallCompleted     = "call.completed"
+)
+
+// TimeFormat is occurred_at's layout: RFC 3339 in UTC with milliseconds,
+// fixed width so that events sort as strings too.
+const TimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// Event is the relay event, field for field as CONTRACT.md §3 names them.
+// Optional members are pointers or omitempty so that an absent value is
+// absent from the JSON rather than a misleading zero.
+type Event struct {
+	ID         string         `json:"id"`
+	Type       string         `json:"type"`
+	OccurredAt string         `json:"occurred_at"`
+	CallSID    string         `json:"call_sid"`
+	Source     consent.Source `json:"source"`
+	// Confidence is absent for DTMF and for decisions not taken from an
+	// answer.
+	Confidence *float64 `json:"confidence,omitempty"`
+	// Disclosure, DisclosureHeardMS and BargeIn are present on consent
+	// events and absent on call.completed, which is about no disclosure.
+	Disclosure        *consent.ScriptRef `json:"disclosure,omitempty"`
+	DisclosureHeardMS *int64             `json:"disclosure_heard_ms,omitempty"`
+	BargeIn           *bool              `json:"barge_in,omitempty"`
+	PatientRef        string             `json:"patient_ref,omitempty"`
+	// From, To and Transcript are JWE compact strings (never plaintext);
+	// absent when unknown or when RELAY_PII=omit.
+	From       consent.Sealed `json:"from,omitempty"`
+	To         consent.Sealed `json:"to,omitempty"`
+	Transcript consent.Sealed `json:"transcript,omitempty"`
+}
+
+// PIIMode is the RELAY_PII setting.
+type PIIMode string
+
+const (
+	// PIIEncrypted sends from, to and transcript as JWE values.
+	PIIEncrypted PIIMode = "encrypted"
+	// PIIOmit sends no PII fields at all.
+	PIIOmit PIIMode = "omit"
+)
+
+// ParsePIIMode reads RELAY_PII; empty means the default, encrypted.
+func ParsePIIMode(s string) (PIIMode, error) {
+	switch PIIMode(s) {
+	case "", PIIEncrypted:
+		return PIIEncrypted, nil
+	case PIIOmit:
+		return PIIOmit, nil
+	}
+	return "", fmt.Errorf("RELAY_PII must be %q or %q", PIIEncrypted, PIIOmit)
+}
+
+// TypeForDecision maps a consent decision to its event type.
+func TypeForDecision(d consent.Decision) (string, error) {
+	switch d {
+	case consent.Granted:
+		return TypeConsentGranted, nil
+	case consent.Declined:
+		return TypeConsentDeclined, nil
+	case consent.NoResponse:
+		return TypeConsentNoResponse, nil
+	}
+	return "", fmt.Errorf("relay: no event type for decision %q", d)
+}
+
+// NewConsentEvent builds the event for a stored consent record. Its id is
+// the record's id, so it is stable however often it is built.
+//
+// The record's at-rest JWE values are re-used as they are when they were
+// sealed with the keyring's active key: the at-rest and event formats are
+// the same (dir/A256GCM, kid), so re-sealing would only mean decrypting PHI
+// in this process for nothing. A value sealed under a retired key is opened
+// and re-sealed under the active key, so a receiver only ever needs the
+// current key. A value the keyring cannot open is an error (naming the kid
+// only), never a silent omission.
+func NewConsentEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
+	typ, err := TypeForDecision(rec.Decision)
+	if err != nil {
+		return Event{}, err
+	}
+	if rec.ID == "" || rec.CallSID == "" {
+		return Event{}, errors.New("relay: consent record without id or call sid")
+	}
+	script := rec.Script
+	heard, bargeIn := rec.DisclosureHeardMS, rec.BargeIn
+	ev := Event{
+		ID:                rec.ID,
+		Type:              typ,
+		OccurredAt:        formatTime(rec.DecidedAt),
+		CallSID:           rec.CallSID,
+		Source:            rec.Source,
+		Confidence:        rec.Confidence,
+		Disclosure:        &script,
+		DisclosureHeardMS: &heard,
+		BargeIn:           &bargeIn,
+		PatientRef:        rec.PatientRef,
+	}
+	if rec.Confidence != nil {
+		c := *rec.Confidence
+		ev.Confidence = &c
+	}
+	for _, f := range []struct {
+		dst  *consent.Sealed
+		src  consent.Sealed
+		name string
+	}{{&ev.From, rec.From, "from"}, {&ev.To, rec.To, "to"}, {&ev.Transcript, rec.Transcript, "transcript"}} {
+		if *f.dst, err = forEvent(k, f.src); err != nil {
+			return Event{}, fmt.Errorf("relay: event %s field %s: %w", rec.ID, f.name, err)
+		}
+	}
+	return ev, nil
+}
+
+// CallCompleted is what the call status callback knows about a finished
+// call. From and To are the plaintext numbers from Twilio's parameters; they
+// are sealed before they leave NewCallCompletedEvent.
+type CallCompleted struct {
+	CallSID string
+	From    string
+	To      string
+	At      time.Time
+}
+
+// CallCompletedEventID is the id of a call's call.completed event. It is
+// derived from the call SID so that Twilio re-sending the status callback
+// maps to the same event, which the audit log then stores only once.
+func CallCompletedEventID(callSID string) string { return "cc_" + callSID }
+
+// NewCallCompletedEvent builds the call.completed event (source
+// status_callback) for the status callback.
+func NewCallCompletedEvent(c CallCompleted, k *pii.Keyring, p *pii.Pseudonymizer) (Event, error) {
+	if c.CallSID == "" {
+		return Event{}, errors.New("relay: call.completed without call sid")
+	}
+	from, err := k.Seal(c.From)
+	if err != nil {
+		return Event{}, err
+	}
+	to, err := k.Seal(c.To)
+	if err != nil {
+		return Event{}, err
+	}
+	return Event{
+		ID:         CallCompletedEventID(c.CallSID),
+		Type:       TypeCallCompleted,
+		OccurredAt: formatTime(c.At),
+		CallSID:    c.CallSID,
+		Source:     consent.SourceStatusCallback,
+		PatientRef: p.Ref(c.From),
+		From:       from,
+		To:         to,
+	}, nil
+}
+
+func formatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
+
+func forEvent(k *pii.Keyring, s consent.Sealed) (consent.Sealed, error) {
+	if s == "" {
+		return "", nil
+	}
+	if kid := pii.SealedKID(s); kid != "" && kid == k.KID() {
+		return s, nil
+	}
+	pt, err := k.Open(s) // names the kid if it is unknown
+	if err != nil {
+		return "", err
+	}
+	return k.Seal(pt)
+}
+
+// WithoutPII returns a copy of e with from, to and transcript removed.
+func (e Event) WithoutPII() Event {
+	e.From, e.To, e.Transcript = "", "", ""
+	return e
+}
+
+// Body is the JSON body to send for e under mode.
+func (e Event) Body(mode PIIMode) ([]byte, error) {
+	if mode == PIIOmit {
+		e = e.WithoutPII()
+	}
+	return json.Marshal(e)
+}
+
+// deliveryBody turns the audit log's stored event JSON into the body to POST.
+// With encrypted PII the stored bytes are sent verbatim (what Zapier gets is
+// byte for byte what the audit chain hashed); with RELAY_PII=omit they are
+// re-encoded without the PII fields. The mode is applied at delivery time so
+// that switching to omit also covers events still waiting for a retry.
+func deliveryBody(stored []byte, mode PIIMode) ([]byte, error) {
+	if mode != PIIOmit {
+		return stored, nil
+	}
+	var e Event
+	if err := json.Unmarshal(stored, &e); err != nil {
+		return nil, errors.New("relay: stored event is not valid JSON")
+	}
+	return e.Body(PIIOmit)
+}

@@ -62,7 +62,7 @@ type ScriptRef struct {
 	ID       string `json:"id"`
 	Version  string `json:"version"`
 	Language string `json:"language"`
-	// SHA256 is the hex SHA-256 of the exact text spoken (see twiml.Script.SpokenText).
+	// SHA256 is the hex SHA-256 of the exact text spoken (see twiml.Script.DisclosureText).
 	SHA256 string `json:"sha256"`
 }
 

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/consentline/consentline/consent"
+	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/ivr"
+	"github.com/consentline/consentline/ivr/twiliosim"
+	"github.com/consentline/consentline/twiml"
+)
+
+// demo starts a real server on the embedded database in a temporary
+// directory with throwaway credentials, plays one whole call against it the
+// way Twilio would (signed form posts, following the TwiML's URLs), with a
+// caller who interrupts the disclosure to say "yes I agree", and prints the
+// conversation and the one stored record.
+func demo(ctx context.Context, stdout io.Writer) error {
+	dir, err := os.MkdirTemp("", "consentline-demo-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	keys, err := pii.NewKeyring(randomBytes(32))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	base := "http://" + ln.Addr().String()
+	s := &settings{
+		PublicBaseURL: base,
+		AccountSID:    "AC" + hex.EncodeToString(randomBytes(16)),
+		AuthToken:     hex.EncodeToString(randomBytes(16)),
+		Keys:          keys,
+		DataDir:       dir,
+		Threshold:     consent.DefaultThreshold,
+		Scripts:       twiml.Builtin(),
+	}
+	b, err := openBackends(ctx, "", "", dir)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	cfg, err := newApp(ctx, s, b, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return err
+	}
+	// The caller's timing is simulated: the demo moves the server's clock
+	// as the call would move on, instead of waiting out the disclosure.
+	clock := &demoClock{now: time.Now()}
+	cfg.Now = clock.Now
+	srv := &http.Server{Handler: ivr.New(cfg), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+
+	p := &printer{w: stdout}
+	p.f("ConsentLine demo: a server on the embedded database at %s (data in %s),\n", base, dir)
+	p.f("and a simulated Twilio playing one call against it with signed webhooks.\n\n")
+
+	tw := &twiliosim.Twilio{PublicBaseURL: base, AuthToken: s.AuthToken, AccountSID: s.AccountSID}
+	call := &twiliosim.Call{Twilio: tw, SID: "CA" + hex.EncodeToString(randomBytes(16)), From: "+14155550123", To: "+18005550199"}
+
+	p.f("☎  Twilio → POST /voice/incoming (call %s)\n", call.SID)
+	resp, err := call.Start(ctx, ivr.PathIncoming)
+	if err != nil {
+		return err
+	}
+	p.spoken(resp)
+	gather, ok := resp.SpeechGather()
+	if !ok {
+		return errors.New("the incoming TwiML has no speech <Gather>")
+	}
+
+	// The caller cuts in partway through the interruptible part.
+	script := s.Scripts.Default()
+	clock.advance(time.Duration(s.Scripts.GreetingMS(script)+script.MustHearMS()+script.InterruptibleMS()*2/5) * time.Millisecond)
+	p.f("\n🗣  Caller (interrupting the disclosure): \"yes I agree\"\n")
+	for _, partial := range []struct{ text, stability string }{{"yes", "0.40"}, {"yes I agree", "0.90"}} {
+		status, _, err := tw.Post(ctx, gather.Attr("partialResultCallback"), call.Params(url.Values{
+			"UnstableSpeechResult": {partial.text}, "Stability": {partial.stability}, "SequenceNumber": {"1"},
+		}))
+		if err != nil {
+			return err
+		}
+		p.f("   Twilio → POST %s (partial %q, stability %s) ← %d\n", pathOf(gather.Attr("partialResultCallback")), partial.text, partial.stability, status)
+	}
+	clock.advance(1200 * time.Millisecond)
+	p.f("   Twilio → POST %s (final SpeechResult, Confidence 0.94)\n", pathOf(gather.Attr("action")))
+	resp, err = call.TwiML(ctx, gather.Attr("action"), call.Params(url.Values{
+		"SpeechResult": {"yes I agree"}, "Confidence": {"0.94"},
+	}))
+	if err != nil {
+		return err
+	}
+	p.spoken(resp)
+	if !resp.HangsUp() {
+		return errors.New("the read-back does not end the call")
+	}
+
+	status, _, err := tw.Post(ctx, base+ivr.PathStatus, call.Params(url.Values{"CallStatus": {"completed"}, "CallDuration": {"41"}}))
+	if err != nil {
+		return err
+	}
+	p.f("\n☎  Twilio → POST /voice/status (completed) ← %d\n", status)
+
+	rec, err := b.store.Get(ctx, call.SID, script.ID)
+	if err != nil {
+		return fmt.Errorf("reading the record back: %w", err)
+	}
+	p.record(rec, keys)
+	return p.err
+}
+
+type demoClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *demoClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *demoClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// printer writes the conversation, keeping the first write error.
+type printer struct {
+	w   io.Writer
+	err error
+}
+
+func (p *printer) f(format string, args ...any) {
+	if p.err == nil {
+		_, p.err = fmt.Fprintf(p.w, format, args...)
+	}
+}
+
+func (p *printer) spoken(resp *twiliosim.Response) {
+	for _, said := range resp.Spoken() {
+		mark := "must hear    "
+		if said.Interruptible {
+			mark = "interruptible"
+		}
+		p.f("   ConsentLine says [%s, %s]: %s\n", said.Language, mark, said.Text)
+	}
+	if resp.HangsUp() {
+		p.f("   ConsentLine hangs up.\n")
+	}
+}
+
+func (p *printer) record(rec consent.Record, keys *pii.Keyring) {
+	p.f("\nThe stored consent record (one per call and script):\n")
+	row := func(k string, v any) { p.f("  %-27s %v\n", k, v) }
+	row("id", rec.ID)
+	row("call_sid", rec.CallSID)
+	row("decision", rec.Decision)
+	row("source", rec.Source)
+	if rec.Confidence != nil {
+		row("confidence", *rec.Confidence)
+	}
+	row("disclosure", fmt.Sprintf("%s v%s %s sha256:%s", rec.Script.ID, rec.Script.Version, rec.Script.Language, rec.Script.SHA256))
+	row("barge_in", rec.BargeIn)
+	row("disclosure_heard_ms", rec.DisclosureHeardMS)
+	row("", "(an estimate from the script's speaking time until the media stream measures it)")
+	row("patient_ref", rec.PatientRef)
+	row("decided_at", rec.DecidedAt.Format(time.RFC3339Nano))
+	for _, f := range []struct {
+		name   string
+		sealed consent.Sealed
+	}{{"from", rec.From}, {"to", rec.To}, {"transcript", rec.Transcript}} {
+		plain, err := keys.Open(f.sealed)
+		if err != nil {
+			plain = "(cannot decrypt: " + err.Error() + ")"
+		}
+		row(f.name+" (stored)", abbreviate(string(f.sealed)))
+		row(f.name+" (DECRYPTED PII)", plain)
+	}
+}
+
+func abbreviate(s string) string {
+	if len(s) > 60 {
+		return s[:40] + "…" + s[len(s)-12:] + " (JWE, " + fmt.Sprint(len(s)) + " chars)"
+	}
+	return s
+}
+
+func pathOf(u string) string {
+	if parsed, err := url.Parse(u); err == nil {
+		return parsed.Path
+	}
+	return strings.SplitN(u, "?", 2)[0]
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+).
+	return b
+}

@@ -1,0 +1,67 @@
+// Command consentline runs the ConsentLine service and its operator tools.
+//
+//	consentline serve     the production server (settings from the environment)
+//	consentline demo      a whole simulated call against a throwaway server
+//	consentline migrate   apply database migrations and exit
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usage: consentline <command>
+
+commands:
+  serve     run the server (configured by environment variables; see README.md)
+  demo      start a throwaway server on the embedded database and play a whole call against it
+  migrate   apply database migrations (DATABASE_URL, or the embedded database in DATA_DIR) and exit
+`
+
+// exitUsage is the exit status for a bad command line or setting.
+const exitUsage = 2
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes one command and returns the process exit status. Errors are
+// printed as one line on stderr.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(ctx, getenv, stdout)
+	case "demo":
+		err = demo(ctx, stdout)
+	case "migrate":
+		err = migrate(ctx, getenv, stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "consentline: unknown command %q\n%s", args[0], usage)
+		return exitUsage
+	}
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "consentline %s: %v\n", args[0], err)
+	var bad badSettings
+	if errors.As(err, &bad) {
+		return exitUsage
+	}
+	return 1
+}

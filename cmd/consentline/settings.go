@@ -1,0 +1,155 @@
+package main
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/consentline/consentline/consent"
+	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/twiml"
+)
+
+// settings are ConsentLine's environment variables (CONTRACT.md §2), parsed
+// and checked once at start.
+type settings struct {
+	Port          int
+	PublicBaseURL string
+	AccountSID    string
+	AuthToken     string
+	Keys          *pii.Keyring
+
+	ZapierWebhookURL   string
+	RelayOmitPII       bool
+	RelaySigningSecret string
+
+	DatabaseURL string
+	RedisURL    string
+	DataDir     string
+
+	Threshold      float64
+	Scripts        *twiml.Library
+	DeepgramAPIKey string
+}
+
+// settingError is one line naming the setting and how to make it right.
+type settingError struct{ name, fix string }
+
+func (e *settingError) Error() string { return e.name + " " + e.fix }
+
+// badSettings marks any error from loadSettings (some come from the
+// packages that parse a setting, already naming it) so the command exits
+// with the usage status.
+type badSettings struct{ error }
+
+func (e badSettings) Unwrap() error { return e.error }
+
+var accountSIDPattern = regexp.MustCompile(`^AC[0-9a-fA-F]{32}$`)
+
+// loadSettings reads every setting serve needs and returns the first
+// problem as one line. Values are never echoed: several are secrets.
+func loadSettings(getenv func(string) string) (*settings, error) {
+	s := &settings{
+		DatabaseURL:    strings.TrimSpace(getenv("DATABASE_URL")),
+		RedisURL:       strings.TrimSpace(getenv("REDIS_URL")),
+		DataDir:        orDefault(getenv("DATA_DIR"), "./data"),
+		DeepgramAPIKey: getenv("DEEPGRAM_API_KEY"),
+	}
+
+	port, err := strconv.Atoi(orDefault(getenv("PORT"), "8080"))
+	if err != nil || port < 1 || port > 65535 {
+		return nil, &settingError{"PORT", "must be a TCP port number from 1 to 65535 (Railway sets it for you)"}
+	}
+	s.Port = port
+
+	s.PublicBaseURL = strings.TrimRight(strings.TrimSpace(getenv("PUBLIC_BASE_URL")), "/")
+	if s.PublicBaseURL == "" {
+		return nil, &settingError{"PUBLIC_BASE_URL", "is required: the https URL Twilio reaches this service at, e.g. https://consent.up.railway.app"}
+	}
+	if u, err := url.Parse(s.PublicBaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return nil, &settingError{"PUBLIC_BASE_URL", "must be an absolute http(s) URL without query, e.g. https://consent.up.railway.app"}
+	}
+
+	s.AccountSID = strings.TrimSpace(getenv("TWILIO_ACCOUNT_SID"))
+	if !accountSIDPattern.MatchString(s.AccountSID) {
+		return nil, &settingError{"TWILIO_ACCOUNT_SID", "must be your Twilio Account SID (AC followed by 32 hex characters), from the Twilio Console home page"}
+	}
+	s.AuthToken = strings.TrimSpace(getenv("TWILIO_AUTH_TOKEN"))
+	if s.AuthToken == "" {
+		return nil, &settingError{"TWILIO_AUTH_TOKEN", "is required: your Twilio Auth Token, from the Twilio Console home page (it signs every webhook)"}
+	}
+
+	if s.Keys, err = pii.ParseKeyring(strings.TrimSpace(getenv("ENCRYPTION_KEY")), getenv("ENCRYPTION_KEYS_RETIRED")); err != nil {
+		return nil, err
+	}
+
+	if err := s.loadRelay(getenv); err != nil {
+		return nil, err
+	}
+
+	if s.DatabaseURL != "" && !strings.HasPrefix(s.DatabaseURL, "postgres://") && !strings.HasPrefix(s.DatabaseURL, "postgresql://") {
+		return nil, &settingError{"DATABASE_URL", "must be a postgres:// URL (Railway's PostgreSQL exposes one), or empty for the embedded database in DATA_DIR"}
+	}
+	if s.RedisURL != "" && !strings.HasPrefix(s.RedisURL, "redis://") && !strings.HasPrefix(s.RedisURL, "rediss://") {
+		return nil, &settingError{"REDIS_URL", "must be a redis:// or rediss:// URL (Railway's Redis exposes one), or empty for an in-process lock (one instance only)"}
+	}
+
+	s.Threshold = consent.DefaultThreshold
+	if v := strings.TrimSpace(getenv("CONSENT_CONFIDENCE_THRESHOLD")); v != "" {
+		t, err := strconv.ParseFloat(v, 64)
+		if err != nil || t <= 0 || t > 1 {
+			return nil, &settingError{"CONSENT_CONFIDENCE_THRESHOLD", "must be a number greater than 0 and at most 1, e.g. 0.75"}
+		}
+		s.Threshold = t
+	}
+
+	if s.Scripts, err = loadScripts(getenv("DISCLOSURE_FILE")); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *settings) loadRelay(getenv func(string) string) error {
+	switch strings.TrimSpace(getenv("RELAY_PII")) {
+	case "", "encrypted":
+	case "omit":
+		s.RelayOmitPII = true
+	default:
+		return &settingError{"RELAY_PII", "must be encrypted (PII fields sent as JWE) or omit (no PII fields at all)"}
+	}
+	s.ZapierWebhookURL = strings.TrimSpace(getenv("ZAPIER_WEBHOOK_URL"))
+	if s.ZapierWebhookURL == "" {
+		return nil
+	}
+	if u, err := url.Parse(s.ZapierWebhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return &settingError{"ZAPIER_WEBHOOK_URL", "must be your Zap's Catch Hook URL (https://hooks.zapier.com/hooks/catch/...), or empty to turn the relay to Zapier off"}
+	}
+	s.RelaySigningSecret = strings.TrimSpace(getenv("RELAY_SIGNING_SECRET"))
+	raw, ok := strings.CutPrefix(s.RelaySigningSecret, "whsec_")
+	if b, err := base64.StdEncoding.DecodeString(raw); !ok || err != nil || len(b) < 24 {
+		return &settingError{"RELAY_SIGNING_SECRET", "is required with ZAPIER_WEBHOOK_URL: whsec_ followed by base64 of at least 24 random bytes; make one with: echo whsec_$(openssl rand -base64 32)"}
+	}
+	return nil
+}
+
+// loadScripts returns the built-in disclosure or the clinic's file.
+func loadScripts(path string) (*twiml.Library, error) {
+	if strings.TrimSpace(path) == "" {
+		return twiml.Builtin(), nil
+	}
+	lib, err := twiml.Load(path)
+	if err != nil {
+		return nil, fmt.Errorf("DISCLOSURE_FILE: %w", err)
+	}
+	return lib, nil
+}
+
+func orDefault(v, def string) string {
+	if v = strings.TrimSpace(v); v != "" {
+		return v
+	}
+	return def
+}

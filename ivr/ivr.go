@@ -1,0 +1,368 @@
+// Package ivr answers Twilio's voice webhooks: it walks a caller through the
+// consent disclosure in TwiML and hands their answers to consent.Service.
+//
+// Every handler answers within DecisionTimeout whatever the database or lock
+// backend is doing: when a dependency fails, the caller hears a short hold
+// line and the call is redirected back into the flow, never an error.
+package ivr
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/consentline/consentline/consent"
+	"github.com/consentline/consentline/twiml"
+)
+
+// Routes Twilio calls; /voice/incoming and /voice/status are configured on
+// the number (CONTRACT.md §1), the others Twilio learns from the TwiML.
+const (
+	PathIncoming = "/voice/incoming"
+	PathStatus   = "/voice/status"
+	PathLanguage = "/voice/language"
+	PathGather   = "/voice/gather"
+	PathPartial  = "/voice/partial"
+	PathResume   = "/voice/resume"
+)
+
+// maxReprompts bounds how often an unclear answer is asked again before the
+// call closes as no_response.
+const maxReprompts = 2
+
+// Config wires the IVR.
+type Config struct {
+	// PublicBaseURL is the URL Twilio reaches this service at, without a
+	// trailing slash; every callback URL and signature check builds on it.
+	PublicBaseURL string
+	AuthToken     string
+	Scripts       *twiml.Library
+	Consent       *consent.Service
+	// Ready reports whether dependencies are reachable, for /readyz.
+	Ready func(ctx context.Context) error
+	// CallCompleted, when set, is told of every finished call (the relay's
+	// call.completed event). Its error is logged; Twilio is answered anyway.
+	CallCompleted func(ctx context.Context, c CallStatus) error
+	Logger        *slog.Logger
+	// DecisionTimeout bounds the work behind one webhook (default 1.5 s, well
+	// inside Twilio's 15 s and the contract's 2 s).
+	DecisionTimeout time.Duration
+	Now             func() time.Time
+}
+
+// CallStatus is what Twilio's status callback says of a finished call.
+type CallStatus struct {
+	CallSID  string
+	Status   string
+	From, To string
+	Duration time.Duration
+	Script   consent.ScriptRef
+}
+
+// Server is the IVR's HTTP handler.
+type Server struct {
+	cfg    Config
+	base   string
+	router chi.Router
+}
+
+// New returns the IVR server.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.DecisionTimeout <= 0 {
+		cfg.DecisionTimeout = 1500 * time.Millisecond
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{cfg: cfg, base: strings.TrimRight(cfg.PublicBaseURL, "/")}
+
+	r := chi.NewRouter()
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
+	r.Group(func(r chi.Router) {
+		r.Use(RequireTwilioSignature(s.base, cfg.AuthToken, cfg.Logger), requireCallSID)
+		r.Post(PathIncoming, s.incoming)
+		r.Post(PathLanguage, s.language)
+		r.Post(PathGather, s.gather)
+		r.Post(PathPartial, s.partial)
+		r.Post(PathResume, s.resume)
+		r.Post(PathStatus, s.status)
+	})
+	s.router = r
+	return s
+}
+
+// Router exposes the chi router so later features (the media stream,
+// metrics) can mount beside the voice routes.
+func (s *Server) Router() chi.Router { return s.router }
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if s.cfg.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if err := s.cfg.Ready(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
+			return
+		}
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+// incoming answers a new call: greeting with the language choice, the
+// must-hear disclosure, then the interruptible rest inside a Gather.
+func (s *Server) incoming(w http.ResponseWriter, r *http.Request) {
+	script := s.cfg.Scripts.Default()
+	// The disclosure starts after the greeting and the pause for a language
+	// key, not when this TwiML is served.
+	started := s.cfg.Now().Add(time.Duration(s.cfg.Scripts.GreetingMS(script)) * time.Millisecond)
+	st := flowState{Language: script.Language, Started: started}
+	s.writeTwiML(w, r)(twiml.Incoming(s.cfg.Scripts, script, s.url(PathLanguage, st), s.gatherURLs(st)))
+}
+
+// language switches the call to the script the pressed key chooses.
+func (s *Server) language(w http.ResponseWriter, r *http.Request) {
+	script, ok := s.cfg.Scripts.ByLanguageKey(r.PostForm.Get("Digits"))
+	if !ok {
+		script = s.cfg.Scripts.Default()
+	}
+	s.disclosure(w, r, script)
+}
+
+func (s *Server) disclosure(w http.ResponseWriter, r *http.Request, script *twiml.Script) {
+	st := flowState{Language: script.Language, Started: s.cfg.Now()}
+	s.writeTwiML(w, r)(twiml.Disclosure(script, s.gatherURLs(st)))
+}
+
+// gather takes a Gather's final result (or a confirmation key) and decides.
+func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
+	now := s.cfg.Now()
+	st := parseFlowState(r.URL.Query(), now)
+	script := s.script(st.Language)
+	form := r.PostForm
+
+	digits := form.Get("Digits")
+	if other, ok := s.cfg.Scripts.ByLanguageKey(digits); ok && other != script && st.Attempt == 0 {
+		// The language key pressed during the disclosure: start it over in
+		// the chosen language rather than reading it as an answer.
+		s.disclosure(w, r, other)
+		return
+	}
+
+	answer := consent.Answer{Call: s.call(r, script)}
+	answer.HeardMS, answer.BargeIn = st.heard(script, now)
+	if digits != "" {
+		answer.Source = consent.SourceDTMF
+		answer.Intent = script.IntentForDigits(digits)
+	} else {
+		answer.Source = consent.SourceSpeech
+		answer.Transcript = form.Get("SpeechResult")
+		answer.Confidence = parseConfidence(form.Get("Confidence"))
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DecisionTimeout)
+	defer cancel()
+	out, err := s.cfg.Consent.Decide(ctx, answer)
+	if err != nil {
+		s.hold(w, r, script, st, "deciding", err)
+		return
+	}
+	switch {
+	case out.Recorded:
+		s.logDecision(answer.CallSID, out)
+		s.readBack(w, r, script, out.Record.Decision)
+	case out.NeedsConfirmation:
+		// The Gather's action is this handler: the key pressed decides.
+		s.writeTwiML(w, r)(twiml.Confirm(script, s.url(PathGather, st)))
+	case st.Attempt < maxReprompts:
+		st.Attempt++
+		s.writeTwiML(w, r)(twiml.Reprompt(script, st.Attempt, s.gatherURLs(st)))
+	default:
+		rec, _, err := s.cfg.Consent.RecordNoResponse(ctx, answer.Call, answer.Source, answer.HeardMS)
+		if err != nil {
+			s.hold(w, r, script, st, "recording no_response", err)
+			return
+		}
+		s.cfg.Logger.Info("consent closed", "call_sid", answer.CallSID, "decision", rec.Decision)
+		s.readBack(w, r, script, rec.Decision)
+	}
+}
+
+// partial takes a partial speech result. Twilio takes no TwiML from it, so
+// it is always answered with an empty 204; a partial that is clearly a grant
+// or decline decides early (the caller barged in), and the Gather's final
+// result then reads that decision back.
+func (s *Server) partial(w http.ResponseWriter, r *http.Request) {
+	defer w.WriteHeader(http.StatusNoContent)
+	now := s.cfg.Now()
+	st := parseFlowState(r.URL.Query(), now)
+	script := s.script(st.Language)
+	form := r.PostForm
+
+	text := form.Get("StableSpeechResult")
+	if text == "" {
+		text = form.Get("UnstableSpeechResult")
+	}
+	if strings.TrimSpace(text) == "" {
+		return
+	}
+	answer := consent.Answer{
+		Call:       s.call(r, script),
+		Source:     consent.SourceSpeechPartial,
+		Transcript: text,
+		// Stability is Twilio's confidence that the partial will not change;
+		// without it a partial never decides on its own.
+		Confidence: parseConfidence(form.Get("Stability")),
+	}
+	answer.HeardMS, answer.BargeIn = st.heard(script, now)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DecisionTimeout)
+	defer cancel()
+	out, err := s.cfg.Consent.Decide(ctx, answer)
+	if err != nil {
+		s.cfg.Logger.Warn("partial result not decided", "call_sid", answer.CallSID, "error", err)
+		return
+	}
+	if out.Created {
+		s.logDecision(answer.CallSID, out)
+	}
+}
+
+// resume brings a call back into the flow after a hold: the question again.
+func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
+	st := parseFlowState(r.URL.Query(), s.cfg.Now())
+	script := s.script(st.Language)
+	s.writeTwiML(w, r)(twiml.Reprompt(script, max(st.Attempt, 1), s.gatherURLs(st)))
+}
+
+// status records a call that ended without a decision as no_response and
+// tells the relay the call completed.
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	form := r.PostForm
+	callStatus := form.Get("CallStatus")
+	switch callStatus {
+	case "completed", "busy", "failed", "no-answer", "canceled":
+	default:
+		w.WriteHeader(http.StatusNoContent)
+		return // ringing, in-progress: nothing has ended yet
+	}
+	script := s.cfg.Scripts.Default()
+	call := s.call(r, script)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DecisionTimeout)
+	defer cancel()
+	rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, call, consent.SourceStatusCallback, 0)
+	if err != nil {
+		// Twilio retries status callbacks that fail; a 5xx asks for that.
+		s.cfg.Logger.Error("status callback not recorded", "call_sid", call.CallSID, "error", err)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	if created {
+		s.cfg.Logger.Info("call ended without a decision", "call_sid", call.CallSID, "decision", rec.Decision)
+	}
+	if s.cfg.CallCompleted != nil {
+		secs, _ := strconv.Atoi(form.Get("CallDuration"))
+		cs := CallStatus{CallSID: call.CallSID, Status: callStatus, From: call.From, To: call.To,
+			Duration: time.Duration(secs) * time.Second, Script: rec.Script}
+		if err := s.cfg.CallCompleted(ctx, cs); err != nil {
+			s.cfg.Logger.Error("call.completed not relayed", "call_sid", call.CallSID, "error", err)
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// requireCallSID refuses a (signed) voice callback that names no call:
+// nothing can be recorded against it.
+func requireCallSID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.PostForm.Get("CallSid") == "" {
+			http.Error(w, "missing CallSid", http.StatusBadRequest)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) readBack(w http.ResponseWriter, r *http.Request, script *twiml.Script, d consent.Decision) {
+	if d == consent.NoResponse {
+		s.writeTwiML(w, r)(twiml.NoResponse(script))
+		return
+	}
+	s.writeTwiML(w, r)(twiml.ReadBack(script, d))
+}
+
+// hold keeps the call alive when a dependency failed: a hold line, a pause
+// and a redirect back to the question. Nothing was recorded, so the caller
+// answering again cannot produce a second record.
+func (s *Server) hold(w http.ResponseWriter, r *http.Request, script *twiml.Script, st flowState, what string, err error) {
+	s.cfg.Logger.Error("webhook degraded to hold", "path", r.URL.Path, "step", what, "error", err)
+	s.writeTwiML(w, r)(twiml.Hold(script, s.url(PathResume, st)))
+}
+
+func (s *Server) logDecision(callSID string, out consent.Outcome) {
+	s.cfg.Logger.Info("consent decided", "call_sid", callSID, "decision", out.Record.Decision,
+		"source", out.Record.Source, "created", out.Created, "barge_in", out.Record.BargeIn)
+}
+
+// writeTwiML returns a function writing a rendered TwiML document, so
+// handlers can pass a renderer's two results straight in.
+func (s *Server) writeTwiML(w http.ResponseWriter, r *http.Request) func([]byte, error) {
+	return func(doc []byte, err error) {
+		if err != nil {
+			// Rendering a validated script cannot fail; if it does, the
+			// caller still gets valid TwiML rather than Twilio's error voice.
+			s.cfg.Logger.Error("rendering TwiML", "path", r.URL.Path, "error", err)
+			doc = twiml.Empty()
+		}
+		w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+		_, _ = w.Write(doc)
+	}
+}
+
+func (s *Server) script(language string) *twiml.Script {
+	if script, ok := s.cfg.Scripts.ByLanguage(language); ok {
+		return script
+	}
+	return s.cfg.Scripts.Default()
+}
+
+func (s *Server) call(r *http.Request, script *twiml.Script) consent.Call {
+	f := r.PostForm
+	return consent.Call{CallSID: f.Get("CallSid"), Script: script.Ref(), From: f.Get("From"), To: f.Get("To")}
+}
+
+func (s *Server) url(path string, st flowState) string {
+	return s.base + path + "?" + st.query()
+}
+
+func (s *Server) gatherURLs(st flowState) twiml.GatherURLs {
+	return twiml.GatherURLs{Action: s.url(PathGather, st), PartialResult: s.url(PathPartial, st)}
+}
+
+// parseConfidence reads Twilio's Confidence or Stability; absent or
+// malformed is nil ("no confidence"), never a guess.
+func parseConfidence(v string) *float64 {
+	if v == "" {
+		return nil
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < 0 || f > 1 {
+		return nil
+	}
+	return &f
+}

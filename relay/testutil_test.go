@@ -71,3 +71,5 @@ func record(t testing.TB, k *pii.Keyring, id, callSID string) consent.Record {
 		DecidedAt:         time.Date(2026, 3, 1, 12, 0, 0, 123456000, time.UTC),
 	}
 }
+
+type muLocker = sync.Mutex

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -159,14 +158,13 @@ func TestOpenDoesNotMigrateUnlessAsked(t *testing.T) {
 func TestMigrationRunner(t *testing.T) {
 	s := open(t, t.TempDir(), Options{})
 	ctx := context.Background()
-	base, err := fs2map(embeddedMigrations())
-	if err != nil {
-		t.Fatal(err)
-	}
+	base, last := embeddedMap(t)
+	// Numbered after the embedded ones, wherever those have got to.
+	name := func(offset int64, label string) string { return fmt.Sprintf("%04d_%s.sql", last+offset, label) }
 
 	withNext := clone(base)
-	withNext["0003_later.sql"] = &fstest.MapFile{Data: []byte(`ALTER TABLE extra ADD COLUMN b TEXT;`)}
-	withNext["0002_extra.sql"] = &fstest.MapFile{Data: []byte(`CREATE TABLE extra (a TEXT); INSERT INTO extra (a) VALUES ('x');`)}
+	withNext[name(2, "later")] = &fstest.MapFile{Data: []byte(`ALTER TABLE extra ADD COLUMN b TEXT;`)}
+	withNext[name(1, "extra")] = &fstest.MapFile{Data: []byte(`CREATE TABLE extra (a TEXT); INSERT INTO extra (a) VALUES ('x');`)}
 	if err := s.migrate(ctx, withNext); err != nil {
 		t.Fatal(err)
 	}
@@ -175,24 +173,24 @@ func TestMigrationRunner(t *testing.T) {
 	}
 	var n int
 	if err := s.read.QueryRowContext(ctx, `SELECT count(*) FROM extra WHERE b IS NULL`).Scan(&n); err != nil || n != 1 {
-		t.Fatalf("extra rows %d, err %v: 0002 ran more or less than once", n, err)
+		t.Fatalf("extra rows %d, err %v: the first new migration ran more or less than once", n, err)
 	}
 
 	failing := clone(withNext)
-	failing["0004_broken.sql"] = &fstest.MapFile{Data: []byte(`CREATE TABLE broken (a TEXT); INSERT INTO nowhere VALUES (1);`)}
-	if err := s.migrate(ctx, failing); err == nil || !strings.Contains(err.Error(), "0004_broken") {
+	failing[name(3, "broken")] = &fstest.MapFile{Data: []byte(`CREATE TABLE broken (a TEXT); INSERT INTO nowhere VALUES (1);`)}
+	if err := s.migrate(ctx, failing); err == nil || !strings.Contains(err.Error(), strings.TrimSuffix(name(3, "broken"), ".sql")) {
 		t.Fatalf("failing migration: err = %v", err)
 	}
 	if err := s.read.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE name = 'broken'`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("failed migration left its table behind (%d, %v)", n, err)
 	}
-	if err := s.read.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations WHERE version = 4`).Scan(&n); err != nil || n != 0 {
+	if err := s.read.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations WHERE version = ?`, last+3).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("failed migration recorded as applied (%d, %v)", n, err)
 	}
 
 	renamed := clone(withNext)
-	delete(renamed, "0002_extra.sql")
-	renamed["0002_other.sql"] = &fstest.MapFile{Data: []byte(`SELECT 1;`)}
+	delete(renamed, name(1, "extra"))
+	renamed[name(1, "other")] = &fstest.MapFile{Data: []byte(`SELECT 1;`)}
 	if err := s.migrate(ctx, renamed); err == nil {
 		t.Fatal("a different migration under an applied version was accepted")
 	}
@@ -207,18 +205,19 @@ func TestMigrationRunner(t *testing.T) {
 	}
 }
 
-func fs2map(fsys interface {
-	Open(string) (fs.File, error)
-}) (fstest.MapFS, error) {
-	ms, err := loadMigrations(fsys)
-	if err != nil {
-		return nil, err
+// embeddedMap copies the embedded migrations into a MapFS tests can extend,
+// and returns the highest version among them.
+func embeddedMap(t *testing.T) (fstest.MapFS, int64) {
+	t.Helper()
+	ms, err := loadMigrations(embeddedMigrations())
+	if err != nil || len(ms) == 0 {
+		t.Fatalf("embedded migrations: %d, %v", len(ms), err)
 	}
 	out := fstest.MapFS{}
 	for _, m := range ms {
 		out[fmt.Sprintf("%04d_%s.sql", m.version, m.name)] = &fstest.MapFile{Data: []byte(m.sql)}
 	}
-	return out, nil
+	return out, ms[len(ms)-1].version
 }
 
 func clone(m fstest.MapFS) fstest.MapFS {
@@ -352,6 +351,47 @@ func TestConcurrentWritersNoBusy(t *testing.T) {
 	var n int
 	if err := stores[0].read.QueryRowContext(ctx, `SELECT count(*) FROM consent_records`).Scan(&n); err != nil || n != writers*each {
 		t.Fatalf("%d records stored (err %v), want %d", n, err, writers*each)
+	}
+}
+
+// TestConcurrentMigrate: processes starting together on a fresh file (here
+// separate Stores, each with its own writer connection) all migrate without
+// SQLITE_BUSY. Each migration transaction reads schema_migrations before
+// writing; begun DEFERRED, two of them would both hold read locks and one
+// would fail its upgrade to a write at once, busy_timeout or not.
+func TestConcurrentMigrate(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	const n = 4
+	stores := make([]*Store, n)
+	for i := range stores {
+		s, err := Open(ctx, dir, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		stores[i] = s
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	start := make(chan struct{})
+	for i, s := range stores {
+		wg.Go(func() {
+			<-start
+			errs[i] = s.Migrate(ctx)
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Migrate %d: %v", i, err)
+		}
+	}
+	files, _ := loadMigrations(embeddedMigrations())
+	var got int
+	if err := stores[0].read.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&got); err != nil || got != len(files) {
+		t.Fatalf("schema_migrations has %d rows (err %v), want %d", got, err, len(files))
 	}
 }
 

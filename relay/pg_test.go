@@ -2,123 +2,35 @@ package relay
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/consentline/consentline/consent"
+	"github.com/consentline/consentline/consent/pgstore"
+	"github.com/consentline/consentline/internal/testdb"
 )
-
-// pgDatabase creates a fresh database on the local PostgreSQL (or
-// TEST_DATABASE_URL) and drops it after the test. Unreachable: skipped, but
-// a failure under CI, where skipping would hide the whole PostgreSQL path.
-func pgDatabase(t *testing.T) string {
-	t.Helper()
-	admin := os.Getenv("TEST_DATABASE_URL")
-	if admin == "" {
-		admin = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("PostgreSQL unreachable: %v", err)
-		}
-		t.Skipf("PostgreSQL unreachable (%v); set TEST_DATABASE_URL to run", err)
-	}
-	defer conn.Close(ctx)
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	name := fmt.Sprintf("ct_relay_%d_%s", time.Now().Unix(), hex.EncodeToString(b))
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), admin)
-		if err == nil {
-			_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			c.Close(context.Background())
-		}
-	})
-	u, err := url.Parse(admin)
-	if err != nil {
-		t.Fatal("TEST_DATABASE_URL is not a URL")
-	}
-	u.Path = "/" + name
-	return u.String()
-}
-
-// pgRecords stands in for pgstore until it lands: a unique insert and the
-// AfterInsert hook in the same transaction, which is all the outbox needs.
-type pgRecords struct {
-	pool        *pgxpool.Pool
-	afterInsert func(context.Context, pgx.Tx, consent.Record) error
-}
-
-func (s *pgRecords) Record(ctx context.Context, rec consent.Record) (consent.Record, bool, error) {
-	created := false
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO consent_records (id, call_sid, script_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-			rec.ID, rec.CallSID, rec.Script.ID)
-		if err != nil || tag.RowsAffected() == 0 {
-			return err
-		}
-		created = true
-		return s.afterInsert(ctx, tx, rec)
-	})
-	return rec, created, err
-}
-
-func (s *pgRecords) Get(ctx context.Context, callSID, scriptID string) (consent.Record, error) {
-	var id string
-	err := s.pool.QueryRow(ctx, `SELECT id FROM consent_records WHERE call_sid = $1 AND script_id = $2`, callSID, scriptID).Scan(&id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return consent.Record{}, consent.ErrNotFound
-	}
-	return consent.Record{ID: id}, err
-}
-
-func (s *pgRecords) Secret(context.Context, string, func() (consent.Sealed, error)) (consent.Sealed, error) {
-	return "", errors.New("not implemented")
-}
-func (s *pgRecords) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
-func (s *pgRecords) Close() error                   { return nil }
 
 func newPGEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
 	ctx := context.Background()
-	url := pgDatabase(t)
-	pool, err := pgxpool.New(ctx, url)
+	k := keyring(t, hexA, "")
+	outbox, err := NewOutbox(k, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Close)
-	schema, err := os.ReadFile("migrations/postgres/0002_relay_audit.sql")
+	store, err := pgstore.Open(ctx, testdb.Postgres(t), pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE consent_records (id text PRIMARY KEY, call_sid text NOT NULL, script_id text NOT NULL, UNIQUE (call_sid, script_id))`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, string(schema)); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { store.Close() })
+	pool := store.Pool()
 	if err := MigratePostgres(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	k := keyring(t, hexA, "")
 	clock := &fakeClock{t: time.Now().UTC()}
 	if o.respond == nil {
 		o.respond = func(int, http.ResponseWriter, *http.Request, []byte) {}
@@ -129,7 +41,6 @@ func newPGEnv(t *testing.T, o envOpts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := &pgRecords{pool: pool, afterInsert: r.Outbox().PostgresAfterInsert}
 	return &env{store: store, relay: r, keyring: k, clock: clock, hook: hook, signer: cfg.Signer, logs: logs,
 		exec: func(ctx context.Context, q string) error { _, err := pool.Exec(ctx, q); return err }}
 }

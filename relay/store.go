@@ -80,7 +80,7 @@ func (n noRowsRow) Scan(dest ...any) error {
 // and chain onto it. (SQLite has a single writer, which serializes them
 // already.) The value is arbitrary but fixed; River hashes its own advisory
 // lock keys, so a collision is as unlikely as any 64-bit one.
-const auditLockKey int64 = 0x636f6e73656e74 // "consent"
+const auditLockKey int64 = 0x72656c6179617564 // "relayaud"
 
 const auditColumns = `seq, event_id, type, occurred_at, event, prev_hash, hash`
 

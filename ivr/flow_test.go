@@ -388,3 +388,28 @@ func TestHealthAndReady(t *testing.T) {
 		t.Errorf("/readyz with the store closed = %d, want 503", resp.StatusCode)
 	}
 }
+
+// A failing dependency never reaches the caller as an error: the webhook
+// answers a hold line and a redirect back into the flow, and records nothing.
+func TestDependencyFailureHolds(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	c := h.call("CAhold")
+	g := h.start(c)
+	_ = h.store.Close()
+	resp := h.answer(c, g, url.Values{"SpeechResult": {"yes I agree"}, "Confidence": {"0.9"}})
+	redirect, ok := resp.Find("Redirect")
+	if !ok || resp.HangsUp() || !strings.HasPrefix(redirect.Text, publicBase+ivr.PathResume+"?") {
+		t.Fatalf("want hold TwiML redirecting to %s:\n%s", ivr.PathResume, resp.Raw)
+	}
+	if _, ok := resp.Find("Pause"); !ok {
+		t.Errorf("hold TwiML has no pause:\n%s", resp.Raw)
+	}
+	// Twilio follows the redirect: the question is asked again.
+	resp, err := c.TwiML(context.Background(), redirect.Text, c.Params(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := resp.SpeechGather(); !ok {
+		t.Fatalf("resume does not ask again:\n%s", resp.Raw)
+	}
+}

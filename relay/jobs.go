@@ -29,7 +29,7 @@ func (DeliverArgs) Kind() string { return DeliverKind }
 // InsertOpts fixes the queue and the attempt budget at insert time, whichever
 // client inserts (the outbox's insert-only one or the CLI's replay).
 func (DeliverArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{Queue: QueueName, MaxAttempts: DefaultBackoff().MaxAttempts()}
+	return river.InsertOpts{Queue: QueueName, MaxAttempts: MaxDeliveryAttempts()}
 }
 
 // deliverWorker posts one event per job. Its outcome maps onto River: nil
@@ -99,3 +99,7 @@ func (z *Zapier) timeout() time.Duration {
 	}
 	return DefaultAttemptTimeout
 }
+
+// MaxDeliveryAttempts is the attempt budget every delivery job gets: enough
+// for DefaultBackoff's retries to span at least 24 hours.
+func MaxDeliveryAttempts() int { return DefaultBackoff().MaxAttempts() }

@@ -117,3 +117,28 @@ func TestPostgresConcurrentAppendsChain(t *testing.T) {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
 }
+
+// BenchmarkPostgresRecordWithOutbox: consent insert, audit append (under the
+// advisory lock) and River job insert in one transaction.
+func BenchmarkPostgresRecordWithOutbox(b *testing.B) {
+	ctx := context.Background()
+	k := keyring(b, hexA, "")
+	outbox, _ := NewOutbox(k, true)
+	store, err := pgstore.Open(ctx, testdb.Postgres(b), pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	if err := MigratePostgres(ctx, store.Pool()); err != nil {
+		b.Fatal(err)
+	}
+	rec := record(b, k, "", "")
+	i := 0
+	for b.Loop() {
+		i++
+		rec.ID, rec.CallSID = "", fmt.Sprintf("CA%d", i)
+		if _, _, err := store.Record(ctx, rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

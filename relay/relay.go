@@ -109,7 +109,10 @@ type Config struct {
 
 	HTTPClient     *http.Client  // default: no redirects, per-attempt timeout
 	AttemptTimeout time.Duration // default DefaultAttemptTimeout
-	Backoff        Backoff       // zero value: DefaultBackoff
+	// Backoff sets the retry delays (zero value: DefaultBackoff). The
+	// attempt budget is fixed at insert time by MaxDeliveryAttempts, which
+	// is DefaultBackoff's.
+	Backoff Backoff
 	// Workers is how many deliveries run at once (default 4).
 	Workers int
 	// PollInterval is how often River looks for due jobs (default: River's,

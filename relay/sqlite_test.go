@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -344,3 +345,29 @@ func (w *syncWriter) String() string {
 
 var _ io.Writer = (*syncWriter)(nil)
 var _ = sql.ErrNoRows
+
+// BenchmarkSQLiteRecordWithOutbox measures Record with the outbox hook: the
+// consent insert, the audit append and the River job insert in one
+// transaction.
+func BenchmarkSQLiteRecordWithOutbox(b *testing.B) {
+	ctx := context.Background()
+	k := keyring(b, hexA, "")
+	outbox, _ := NewOutbox(k, true)
+	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	if err := MigrateSQLite(ctx, store.DB()); err != nil {
+		b.Fatal(err)
+	}
+	rec := record(b, k, "", "")
+	i := 0
+	for b.Loop() {
+		i++
+		rec.ID, rec.CallSID = "", "CA"+strconv.Itoa(i)
+		if _, _, err := store.Record(ctx, rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -50,13 +50,29 @@ func deliveries(rows []*rivertype.JobRow) []Delivery {
 var failedStates = []rivertype.JobState{rivertype.JobStateCancelled, rivertype.JobStateDiscarded, rivertype.JobStateRetryable}
 
 // ListFailed lists deliveries that are dead-lettered, exhausted or
-// currently failing, oldest first (`relay list --failed`).
+// currently failing, oldest first (`relay list --failed`). A failed job
+// whose event has since been replayed is left out: only an event's latest
+// delivery says whether it still needs attention.
 func (r *Relay) ListFailed(ctx context.Context, limit int) ([]Delivery, error) {
 	if limit <= 0 {
 		limit = 100
 	}
 	p := river.NewJobListParams().Kinds(DeliverKind).States(failedStates...).First(limit)
-	return r.b.list(ctx, p)
+	failed, err := r.b.list(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	out := failed[:0]
+	for _, d := range failed {
+		all, err := r.deliveriesFor(ctx, d.EventID)
+		if err != nil {
+			return nil, err
+		}
+		if len(all) > 0 && all[len(all)-1].JobID == d.JobID {
+			out = append(out, d)
+		}
+	}
+	return out, nil
 }
 
 // deliveriesFor lists the delivery jobs of one event. `args ->> 'event_id'`

@@ -196,7 +196,14 @@ func (r *Relay) riverConfig() *river.Config {
 		Queues:      map[string]river.QueueConfig{QueueName: {MaxWorkers: r.cfg.Workers}},
 		Workers:     workers,
 		Logger:      r.log,
-		MaxAttempts: r.backoff.MaxAttempts(),
+		MaxAttempts: MaxDeliveryAttempts(),
+		// Dead letters and exhausted jobs stay until an operator acts on
+		// them (River would drop cancelled jobs after a day); they hold an
+		// event id and a status line, no PHI. Completed jobs are delivery
+		// history for `relay` commands, kept a month.
+		CancelledJobRetentionPeriod: -1,
+		DiscardedJobRetentionPeriod: -1,
+		CompletedJobRetentionPeriod: 30 * 24 * time.Hour,
 	}
 	if r.cfg.PollInterval > 0 {
 		c.FetchPollInterval = r.cfg.PollInterval

@@ -247,6 +247,10 @@ func runRetryDeadLetterReplay(t *testing.T, e *env) {
 	if ds, _ := e.relay.Deliveries(ctx, "rec_dead"); len(ds) != 2 || ds[0].State != "cancelled" {
 		t.Fatalf("replay history %+v", ds)
 	}
+	// Replayed and delivered: no longer listed as failed.
+	if failed, _ := e.relay.ListFailed(ctx, 10); len(failed) != 1 || failed[0].EventID != "rec_retry" {
+		t.Fatalf("ListFailed after replay: %+v", failed)
+	}
 	for _, phi := range []string{"8675309", "5551212", "agree", "eyJ"} {
 		if strings.Contains(e.logs.String(), phi) {
 			t.Fatalf("logs contain %q", phi)

@@ -120,13 +120,12 @@ func NewConsentEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
 		OccurredAt:        formatTime(rec.DecidedAt),
 		CallSID:           rec.CallSID,
 		Source:            rec.Source,
-		Confidence:        rec.Confidence,
 		Disclosure:        &script,
 		DisclosureHeardMS: &heard,
 		BargeIn:           &bargeIn,
 		PatientRef:        rec.PatientRef,
 	}
-	if rec.Confidence != nil {
+	if rec.Confidence != nil { // copied: the event must not alias the record
 		c := *rec.Confidence
 		ev.Confidence = &c
 	}

@@ -122,12 +122,12 @@ func openBackends(ctx context.Context, databaseURL, redisURL, dataDir string) (*
 		return nil, fmt.Errorf("opening the %s database: %w", b.kind, err)
 	}
 	if redisURL != "" {
-		opts, err := redis.ParseURL(redisURL)
+		// Timeouts, pool and retries sized for a webhook's 2-second budget.
+		b.redis, err = redislock.NewClient(redisURL)
 		if err != nil {
 			b.close()
 			return nil, badSettings{&settingError{"REDIS_URL", "does not parse as a redis:// URL"}}
 		}
-		b.redis = redis.NewClient(opts)
 		b.locker = redislock.New(b.redis, redislock.Options{Prefix: "consentline:lock:"})
 		b.lockKind = "redis"
 	} else {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +22,7 @@ import (
 	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
+	"github.com/consentline/consentline/relay"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -53,12 +56,16 @@ func demo(ctx context.Context, stdout io.Writer) error {
 		Threshold:     consent.DefaultThreshold,
 		Scripts:       twiml.Builtin(),
 	}
-	b, err := openBackends(ctx, "", "", dir)
+	outbox, err := relay.NewOutbox(keys, false)
+	if err != nil {
+		return err
+	}
+	b, err := openBackends(ctx, "", "", dir, outbox)
 	if err != nil {
 		return err
 	}
 	defer b.close()
-	cfg, err := newApp(ctx, s, b, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg, rel, err := newApp(ctx, s, b, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		return err
 	}
@@ -125,6 +132,23 @@ func demo(ctx context.Context, stdout io.Writer) error {
 		return fmt.Errorf("reading the record back: %w", err)
 	}
 	p.record(rec, keys)
+
+	// The same transaction wrote the relay event to the audit log (and,
+	// with ZAPIER_WEBHOOK_URL set, queued its delivery).
+	entry, err := rel.Event(ctx, rec.ID)
+	if err != nil {
+		return fmt.Errorf("reading the audit entry: %w", err)
+	}
+	var event bytes.Buffer
+	if err := json.Indent(&event, entry.Event, "  ", "  "); err != nil {
+		return err
+	}
+	p.f("\nIts relay event, as the Zapier catch hook and the audit log get it (PII as JWE):\n  %s\n", event.String())
+	verified, err := rel.VerifyAudit(ctx)
+	if err != nil {
+		return err
+	}
+	p.f("\nAudit chain verified: %d entries (consent and call.completed), head %s\n", verified.Entries, verified.Head)
 	return p.err
 }
 

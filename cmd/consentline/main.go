@@ -3,6 +3,9 @@
 //	consentline serve     the production server (settings from the environment)
 //	consentline demo      a whole simulated call against a throwaway server
 //	consentline migrate   apply database migrations and exit
+//	consentline relay     list failed deliveries, replay one
+//	consentline audit     verify the audit log's hash chain
+//	consentline decrypt   decrypt a JWE field or a whole relay event
 package main
 
 import (
@@ -21,6 +24,15 @@ commands:
   serve     run the server (configured by environment variables; see README.md)
   demo      start a throwaway server on the embedded database and play a whole call against it
   migrate   apply database migrations (DATABASE_URL, or the embedded database in DATA_DIR) and exit
+  relay list --failed [--limit N]
+            deliveries to Zapier that are dead-lettered, exhausted or failing (no PHI)
+  relay replay EVENT_ID
+            queue one event for delivery again
+  audit verify
+            walk the audit log's hash chain; names the first broken entry
+  decrypt VALUE
+            decrypt a JWE field or a whole relay event with ENCRYPTION_KEY(S_RETIRED);
+            "-" reads VALUE from stdin. The output is PHI: keep it on your terminal.
 `
 
 // exitUsage is the exit status for a bad command line or setting.
@@ -48,6 +60,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = demo(ctx, stdout)
 	case "migrate":
 		err = migrate(ctx, getenv, stdout)
+	case "relay":
+		err = relayCommand(ctx, args[1:], getenv, stdout)
+	case "audit":
+		err = auditCommand(ctx, args[1:], getenv, stdout)
+	case "decrypt":
+		err = decryptCommand(args[1:], getenv, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -20,6 +20,7 @@ import (
 	"github.com/consentline/consentline/consent/redislock"
 	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/ivr"
+	"github.com/consentline/consentline/relay"
 )
 
 // shutdownGrace is how long in-flight webhooks get to finish on SIGTERM
@@ -33,17 +34,34 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	}
 	log := slog.New(slog.NewJSONHandler(stdout, nil))
 
-	b, err := openBackends(ctx, s.DatabaseURL, s.RedisURL, s.DataDir)
+	outbox, err := relay.NewOutbox(s.Keys, s.ZapierWebhookURL != "")
+	if err != nil {
+		return err
+	}
+	b, err := openBackends(ctx, s.DatabaseURL, s.RedisURL, s.DataDir, outbox)
 	if err != nil {
 		return err
 	}
 	defer b.close()
 
-	cfg, err := newApp(ctx, s, b, log)
+	cfg, rel, err := newApp(ctx, s, b, log)
 	if err != nil {
 		return err
 	}
 	app := ivr.New(cfg)
+	// The relay's workers outlive the request context: they stop after the
+	// HTTP server has drained, so a decision taken during shutdown is still
+	// queued (and delivered by whichever instance runs next).
+	if err := rel.Start(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("starting the relay: %w", err)
+	}
+	defer func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		if err := rel.Stop(stopCtx); err != nil {
+			log.Error("relay stop", "error", err)
+		}
+	}()
 
 	srv := &http.Server{
 		Addr:              net.JoinHostPort("", strconv.Itoa(s.Port)),
@@ -55,7 +73,8 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("consentline serving", "port", s.Port, "database", b.kind, "lock", b.lockKind, "public_base_url", s.PublicBaseURL)
+	log.Info("consentline serving", "port", s.Port, "database", b.kind, "lock", b.lockKind,
+		"public_base_url", s.PublicBaseURL, "relay_to_zapier", rel.Delivering())
 
 	select {
 	case err := <-errc:
@@ -74,12 +93,17 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	return nil
 }
 
-// newApp wires the consent service over opened backends and returns the
-// IVR's configuration (the demo adjusts its clock before ivr.New).
-func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (ivr.Config, error) {
+// newApp wires the consent service and the relay over opened backends and
+// returns the IVR's configuration (the demo adjusts its clock before
+// ivr.New) and the relay (not yet started).
+func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (ivr.Config, *relay.Relay, error) {
 	pseudonyms, err := pii.LoadPseudonymizer(ctx, b.store, s.Keys)
 	if err != nil {
-		return ivr.Config{}, err
+		return ivr.Config{}, nil, err
+	}
+	rel, err := newRelay(s, b.database, pseudonyms, log)
+	if err != nil {
+		return ivr.Config{}, nil, err
 	}
 	svc := consent.NewService(consent.Config{
 		Store:      b.store,
@@ -94,33 +118,93 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 		Scripts:       s.Scripts,
 		Consent:       svc,
 		Ready:         b.ready,
-		Logger:        log,
-	}, nil
+		CallCompleted: func(ctx context.Context, c ivr.CallStatus) error {
+			_, _, err := rel.RecordCallCompleted(ctx, relay.CallCompleted{CallSID: c.CallSID, From: c.From, To: c.To, At: time.Now()})
+			return err
+		},
+		Logger: log,
+	}, rel, nil
+}
+
+// newRelay builds the relay from the settings: audit always, Zapier
+// delivery when ZAPIER_WEBHOOK_URL is set.
+func newRelay(s *settings, db *database, pseudonyms *pii.Pseudonymizer, log *slog.Logger) (*relay.Relay, error) {
+	cfg := relay.Config{Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: relay.PIIEncrypted, Logger: log}
+	if s.RelayOmitPII {
+		cfg.PII = relay.PIIOmit
+	}
+	if s.ZapierWebhookURL != "" {
+		signer, err := relay.ParseSigningSecret(s.RelaySigningSecret)
+		if err != nil {
+			return nil, badSettings{err}
+		}
+		cfg.WebhookURL, cfg.Signer = s.ZapierWebhookURL, signer
+	}
+	return db.newRelay(cfg)
 }
 
 // backends are the store and lock the settings chose: PostgreSQL or the
 // embedded SQLite, Redis or the in-process lock.
 type backends struct {
-	store    consent.Store
+	*database
 	locker   consent.Locker
-	kind     string
 	lockKind string
 	redis    *redis.Client
 }
 
-func openBackends(ctx context.Context, databaseURL, redisURL, dataDir string) (*backends, error) {
-	b := &backends{}
-	var err error
+// database is the store the settings chose and the relay that runs on it.
+type database struct {
+	kind     string
+	store    consent.Store
+	newRelay func(relay.Config) (*relay.Relay, error)
+}
+
+// openDatabase opens and migrates PostgreSQL when databaseURL is set, else
+// the embedded SQLite database in dataDir; River's tables are migrated with
+// the store's own.
+func openDatabase(ctx context.Context, databaseURL, dataDir string, outbox *relay.Outbox) (*database, error) {
 	if databaseURL != "" {
-		b.kind = "postgres"
-		b.store, err = pgstore.Open(ctx, databaseURL, pgstore.Options{Migrate: true})
-	} else {
-		b.kind = "sqlite"
-		b.store, err = sqlitestore.Open(ctx, dataDir, sqlitestore.Options{Migrate: true})
+		opts := pgstore.Options{Migrate: true}
+		if outbox != nil {
+			opts.AfterInsert = outbox.PostgresAfterInsert
+		}
+		st, err := pgstore.Open(ctx, databaseURL, opts)
+		if err != nil {
+			return nil, fmt.Errorf("opening the postgres database: %w", err)
+		}
+		if err := relay.MigratePostgres(ctx, st.Pool()); err != nil {
+			_ = st.Close()
+			return nil, fmt.Errorf("migrating the relay's job tables: %w", err)
+		}
+		return &database{kind: "postgres", store: st, newRelay: func(c relay.Config) (*relay.Relay, error) {
+			return relay.NewPostgres(st.Pool(), c)
+		}}, nil
 	}
+	opts := sqlitestore.Options{Migrate: true}
+	if outbox != nil {
+		opts.AfterInsert = outbox.SQLiteAfterInsert
+	}
+	st, err := sqlitestore.Open(ctx, dataDir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("opening the %s database: %w", b.kind, err)
+		return nil, fmt.Errorf("opening the sqlite database in %s: %w", dataDir, err)
 	}
+	if err := relay.MigrateSQLite(ctx, st.DB()); err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("migrating the relay's job tables: %w", err)
+	}
+	return &database{kind: "sqlite", store: st, newRelay: func(c relay.Config) (*relay.Relay, error) {
+		return relay.NewSQLite(st.DB(), c)
+	}}, nil
+}
+
+// openBackends opens the database (with outbox writing each record's relay
+// event in the record's transaction; nil for none) and the per-call lock.
+func openBackends(ctx context.Context, databaseURL, redisURL, dataDir string, outbox *relay.Outbox) (*backends, error) {
+	db, err := openDatabase(ctx, databaseURL, dataDir, outbox)
+	if err != nil {
+		return nil, err
+	}
+	b := &backends{database: db}
 	if redisURL != "" {
 		// Timeouts, pool and retries sized for a webhook's 2-second budget.
 		b.redis, err = redislock.NewClient(redisURL)
@@ -154,7 +238,7 @@ func (b *backends) close() {
 	if b.redis != nil {
 		_ = b.redis.Close()
 	}
-	if b.store != nil {
+	if b.database != nil {
 		_ = b.store.Close()
 	}
 }
@@ -162,12 +246,11 @@ func (b *backends) close() {
 // migrate applies the database migrations and exits: run it before a
 // deploy, or let serve apply them at start (both are safe together).
 func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
-	databaseURL := getenv("DATABASE_URL")
-	b, err := openBackends(ctx, databaseURL, "", orDefault(getenv("DATA_DIR"), "./data"))
+	db, err := openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil)
 	if err != nil {
 		return err
 	}
-	b.close()
-	fmt.Fprintf(stdout, "%s database migrated\n", b.kind)
+	_ = db.store.Close()
+	fmt.Fprintf(stdout, "%s database migrated\n", db.kind)
 	return nil
 }

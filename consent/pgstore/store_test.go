@@ -287,7 +287,7 @@ func TestBlockedRecordHonoursDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	blocker := storetest.NewRecord(rec.CallSID, rec.Script.ID)
-	blocker, _ = normalize(blocker)
+	blocker, _ = blocker.Normalized()
 	if _, err := tx.Exec(ctx, insertRecord, insertArgs(blocker)...); err != nil {
 		t.Fatal(err)
 	}

@@ -219,7 +219,7 @@ func scanRecord(row *sql.Row) (consent.Record, error) {
 
 // Record implements consent.Store.
 func (s *Store) Record(ctx context.Context, rec consent.Record) (consent.Record, bool, error) {
-	rec, err := normalize(rec)
+	rec, err := rec.Normalized()
 	if err != nil {
 		return consent.Record{}, false, fmt.Errorf("sqlitestore: record: %w", err)
 	}
@@ -296,7 +296,7 @@ func (s *Store) Secret(ctx context.Context, name string, generate func() (consen
 	if err != nil {
 		return "", fmt.Errorf("sqlitestore: secret %q: generate: %w", name, err)
 	}
-	if err := checkSealed("secret "+name, gen); err != nil {
+	if err := gen.Check("secret " + name); err != nil {
 		return "", fmt.Errorf("sqlitestore: %w", err)
 	}
 	// First writer wins: a concurrent caller's value may already be there,

@@ -40,14 +40,27 @@ type deliverWorker struct {
 	river.WorkerDefaults[DeliverArgs]
 	r *Relay
 
-	// retryAfter carries a receiver's Retry-After from Work to the
+	// worked carries a receiver's Retry-After (or 0) from Work to the
 	// NextRetry call River makes right after it for the same job, because
-	// NextRetry does not see the error Work returned.
-	retryAfter sync.Map // job id -> time.Duration
+	// NextRetry does not see the error Work returned. A job with no entry
+	// was not worked by this process: River's rescuer is retrying a
+	// delivery left running by a process that died (see NextRetry).
+	worked sync.Map // job id -> time.Duration
 }
 
 func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) error {
-	w.retryAfter.Delete(job.ID)
+	w.worked.Store(job.ID, time.Duration(0))
+	err := w.work(ctx, job)
+	var cancel *river.JobCancelError
+	if err == nil || errors.As(err, &cancel) || job.Attempt >= job.MaxAttempts {
+		// Delivered, dead-lettered or out of attempts: River makes no
+		// NextRetry call. (A panic leaves the entry for the one it makes.)
+		w.worked.Delete(job.ID)
+	}
+	return err
+}
+
+func (w *deliverWorker) work(ctx context.Context, job *river.Job[DeliverArgs]) error {
 	e, err := w.r.b.entry(ctx, job.Args.EventID)
 	if errors.Is(err, ErrEventNotFound) {
 		return river.JobCancel(err)
@@ -71,26 +84,30 @@ func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) e
 		return river.JobCancel(a.Err)
 	}
 	if a.RetryAfter > 0 && job.Attempt < job.MaxAttempts {
-		w.retryAfter.Store(job.ID, a.RetryAfter)
+		w.worked.Store(job.ID, a.RetryAfter)
 	}
 	return a.Err
 }
 
-// NextRetry applies the relay's Backoff, honouring Retry-After.
+// NextRetry applies the relay's Backoff, honouring Retry-After. A job this
+// process did not just work is one River's rescuer found still running
+// after RescueAfter, its process gone: the receiver did not fail it, the
+// rescue window has already spaced it out, so it is retried at once rather
+// than after a further backoff step.
 func (w *deliverWorker) NextRetry(job *river.Job[DeliverArgs]) time.Time {
-	var after time.Duration
-	if v, ok := w.retryAfter.LoadAndDelete(job.ID); ok {
-		after = v.(time.Duration)
+	v, worked := w.worked.LoadAndDelete(job.ID)
+	if !worked {
+		return w.r.backoff.now()
 	}
 	// job.Errors does not yet hold the failure being scheduled, hence +1;
 	// counting errors rather than attempts keeps snoozes out of it.
-	return w.r.backoff.NextRetryAfter(len(job.Errors)+1, after)
+	return w.r.backoff.NextRetryAfter(len(job.Errors)+1, v.(time.Duration))
 }
 
-// Timeout leaves River's job context a little longer than the HTTP attempt,
-// so the attempt's own timeout (with its clear error) fires first.
+// Timeout is JobTimeout: River's job context lives a little longer than the
+// HTTP attempt.
 func (w *deliverWorker) Timeout(*river.Job[DeliverArgs]) time.Duration {
-	return w.r.zapier.timeout() + 5*time.Second
+	return JobTimeout(w.r.zapier.timeout())
 }
 
 func (z *Zapier) timeout() time.Duration {

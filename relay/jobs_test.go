@@ -121,3 +121,47 @@ func TestDecrypt(t *testing.T) {
 		t.Fatal("opened without the key")
 	}
 }
+
+// A job River's rescuer hands back (left running by a process that died)
+// was not failed by the receiver: it is retried at once, not after a
+// backoff step. A job this process worked and saw fail backs off.
+func TestWorkerRetriesRescuedJobAtOnce(t *testing.T) {
+	e := newSQLiteEnv(t, envOpts{respond: func(_ int, w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(503) }})
+	ctx := context.Background()
+	if _, _, err := e.store.Record(ctx, record(t, e.keyring, "rec_rescue", "CA_RESCUE")); err != nil {
+		t.Fatal(err)
+	}
+	w := &deliverWorker{r: e.relay}
+	job := &river.Job[DeliverArgs]{
+		JobRow: &rivertype.JobRow{ID: 7, Attempt: 1, MaxAttempts: MaxDeliveryAttempts(), Kind: DeliverKind},
+		Args:   DeliverArgs{EventID: "rec_rescue"},
+	}
+	if next := w.NextRetry(job); !next.Equal(e.clock.Now()) {
+		t.Fatalf("rescued job retried at %s, want now (%s)", next, e.clock.Now())
+	}
+	if err := w.Work(ctx, job); err == nil {
+		t.Fatal("delivered during a 503")
+	}
+	if next := w.NextRetry(job); next.Sub(e.clock.Now()) < DefaultBackoff().MinDelay(1) {
+		t.Fatalf("failed job retried after %s", next.Sub(e.clock.Now()))
+	}
+}
+
+func TestRescueWindow(t *testing.T) {
+	k := keyring(t, hexA, "")
+	r, err := newRelay(Config{Keyring: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := r.riverConfig()
+	if c.RescueStuckJobsAfter != 30*time.Second || c.JobTimeout != 15*time.Second {
+		t.Fatalf("rescue after %s, job timeout %s; want 30s, 15s", c.RescueStuckJobsAfter, c.JobTimeout)
+	}
+	if _, err := newRelay(Config{Keyring: k, RescueAfter: 15 * time.Second}); err == nil {
+		t.Fatal("a rescue window no longer than the job timeout was accepted")
+	}
+	r, err = newRelay(Config{Keyring: k, AttemptTimeout: time.Second, RescueAfter: 7 * time.Second})
+	if err != nil || r.riverConfig().RescueStuckJobsAfter != 7*time.Second || r.riverConfig().JobTimeout != 6*time.Second {
+		t.Fatalf("short attempts: %v", err)
+	}
+}

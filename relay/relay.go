@@ -118,20 +118,55 @@ type Config struct {
 	// PollInterval is how often River looks for due jobs (default: River's,
 	// 1 s). On SQLite it is also the delay before a fresh job is picked up.
 	PollInterval time.Duration
+	// RescueAfter is how long a delivery may stay running before River
+	// takes it for abandoned (its process was killed, or hung) and runs it
+	// again (default DefaultRescueAfter(AttemptTimeout): 30 s). It must be
+	// longer than the job timeout, AttemptTimeout + 5 s. Deliveries are
+	// at-least-once with a stable webhook-id, so a rescue that races a slow
+	// but live attempt costs at most a duplicate the receiver drops.
+	RescueAfter time.Duration
 
-	Now    func() time.Time // default time.Now; tests inject a clock
-	Logger *slog.Logger     // default: discard
+	// Now is the relay's clock (default time.Now): webhook-timestamp,
+	// retry times. Tests inject a clock; River then runs on it as well
+	// (through river.Config.Test.Time), held to no earlier than the real
+	// time because the outbox inserts jobs on the database's clock.
+	Now    func() time.Time
+	Logger *slog.Logger // default: discard
+}
+
+// jobTimeoutMargin is how much longer than the HTTP attempt River's job
+// context lives (see deliverWorker.Timeout).
+const jobTimeoutMargin = 5 * time.Second
+
+// JobTimeout is how long River lets one delivery run for a per-attempt
+// timeout (zero: DefaultAttemptTimeout): a little longer than the attempt,
+// so the attempt's own timeout, with its clear error, fires first.
+// RescueAfter must be longer.
+func JobTimeout(attemptTimeout time.Duration) time.Duration {
+	if attemptTimeout <= 0 {
+		attemptTimeout = DefaultAttemptTimeout
+	}
+	return attemptTimeout + jobTimeoutMargin
+}
+
+// DefaultRescueAfter is RescueAfter's default for a per-attempt timeout
+// (zero: DefaultAttemptTimeout): twice the job timeout, so 30 s for 10 s
+// attempts. River's own default is an hour, which would leave a delivery
+// cut off by a crash or a redeploy's SIGKILL waiting that long.
+func DefaultRescueAfter(attemptTimeout time.Duration) time.Duration {
+	return 2 * JobTimeout(attemptTimeout)
 }
 
 // Relay delivers audited events to Zapier and answers the operator commands
 // (list failed, replay, verify, decrypt) for one database.
 type Relay struct {
-	cfg     Config
-	outbox  *Outbox
-	b       backend
-	zapier  *Zapier
-	backoff Backoff
-	log     *slog.Logger
+	cfg           Config
+	clockInjected bool // cfg.Now came from the caller: River runs on it too
+	outbox        *Outbox
+	b             backend
+	zapier        *Zapier
+	backoff       Backoff
+	log           *slog.Logger
 }
 
 // backend is what differs between SQLite and PostgreSQL.
@@ -158,11 +193,22 @@ func newRelay(cfg Config) (*Relay, error) {
 	if cfg.WebhookURL != "" && cfg.Signer == nil {
 		return nil, errors.New("RELAY_SIGNING_SECRET is required when ZAPIER_WEBHOOK_URL is set (make one with: echo whsec_$(openssl rand -base64 32))")
 	}
-	if cfg.Now == nil {
+	clockInjected := cfg.Now != nil
+	if !clockInjected {
 		cfg.Now = time.Now
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
+	}
+	if cfg.AttemptTimeout <= 0 {
+		cfg.AttemptTimeout = DefaultAttemptTimeout
+	}
+	if cfg.RescueAfter == 0 {
+		cfg.RescueAfter = DefaultRescueAfter(cfg.AttemptTimeout)
+	}
+	if jt := JobTimeout(cfg.AttemptTimeout); cfg.RescueAfter <= jt {
+		return nil, fmt.Errorf("relay: RescueAfter (%s) must be longer than a delivery's job timeout (%s: the %s attempt timeout + %s)",
+			cfg.RescueAfter, jt, cfg.AttemptTimeout, jobTimeoutMargin)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -181,11 +227,12 @@ func newRelay(cfg Config) (*Relay, error) {
 	}
 	client := cfg.HTTPClient
 	return &Relay{
-		cfg:     cfg,
-		outbox:  ob,
-		zapier:  &Zapier{URL: cfg.WebhookURL, Signer: cfg.Signer, Client: client, Timeout: cfg.AttemptTimeout, Now: cfg.Now},
-		backoff: b,
-		log:     log,
+		cfg:           cfg,
+		clockInjected: clockInjected,
+		outbox:        ob,
+		zapier:        &Zapier{URL: cfg.WebhookURL, Signer: cfg.Signer, Client: client, Timeout: cfg.AttemptTimeout, Now: cfg.Now},
+		backoff:       b,
+		log:           log,
 	}, nil
 }
 
@@ -204,12 +251,38 @@ func (r *Relay) riverConfig() *river.Config {
 		CancelledJobRetentionPeriod: -1,
 		DiscardedJobRetentionPeriod: -1,
 		CompletedJobRetentionPeriod: 30 * 24 * time.Hour,
+		// A job left running by a killed process is retried once it has
+		// been running RescueAfter; River requires that to exceed the job
+		// timeout, whose client-wide default (1 min) is set to ours.
+		JobTimeout:           JobTimeout(r.cfg.AttemptTimeout),
+		RescueStuckJobsAfter: r.cfg.RescueAfter,
 	}
 	if r.cfg.PollInterval > 0 {
 		c.FetchPollInterval = r.cfg.PollInterval
 		c.FetchCooldown = min(r.cfg.PollInterval, 100*time.Millisecond)
 	}
+	if r.clockInjected {
+		c.Test.Time = riverClock{r.cfg.Now}
+	}
 	return c
+}
+
+// riverClock runs River on an injected clock (a test's), never behind the
+// real one: jobs are inserted with the database's now(), and River would
+// not fetch them while its clock was earlier.
+type riverClock struct{ now func() time.Time }
+
+func (c riverClock) Now() time.Time {
+	t, wall := c.now(), time.Now()
+	if t.After(wall) {
+		return t
+	}
+	return wall
+}
+
+func (c riverClock) NowOrNil() *time.Time {
+	t := c.Now()
+	return &t
 }
 
 // Outbox returns the relay's outbox (its hooks are the stores'

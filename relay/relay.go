@@ -41,12 +41,17 @@ func NewOutbox(k *pii.Keyring, deliver bool) (*Outbox, error) {
 		return nil, errors.New("relay: outbox needs a keyring")
 	}
 	// Insert-only clients: a nil pool is River's documented way to allow
-	// InsertTx and nothing else.
-	sq, err := river.NewClient(riversqlite.New(nil), &river.Config{})
+	// InsertTx and nothing else. InsertTx still wakes the workers: it sends
+	// River's insert notification (pg_notify on PostgreSQL, River's
+	// notification table on SQLite) in the transaction, but at most once per
+	// FetchCooldown per client; at River's default (100 ms) a job committed
+	// inside that window waited for a later insert or the 1 s poll.
+	ic := &river.Config{FetchCooldown: insertNotifyCooldown}
+	sq, err := river.NewClient(riversqlite.New(nil), ic)
 	if err != nil {
 		return nil, err
 	}
-	pg, err := river.NewClient(riverpgxv5.New(nil), &river.Config{})
+	pg, err := river.NewClient(riverpgxv5.New(nil), ic)
 	if err != nil {
 		return nil, err
 	}
@@ -113,10 +118,10 @@ type Config struct {
 	// attempt budget is fixed at insert time by MaxDeliveryAttempts, which
 	// is DefaultBackoff's.
 	Backoff Backoff
-	// Workers is how many deliveries run at once (default 4).
+	// Workers is how many deliveries run at once (default DefaultWorkers).
 	Workers int
-	// PollInterval is how often River looks for due jobs (default: River's,
-	// 1 s). On SQLite it is also the delay before a fresh job is picked up.
+	// PollInterval is how often River looks for due jobs besides being
+	// woken by inserts (default: River's, 1 s).
 	PollInterval time.Duration
 	// RescueAfter is how long a delivery may stay running before River
 	// takes it for abandoned (its process was killed, or hung) and runs it
@@ -133,6 +138,21 @@ type Config struct {
 	Now    func() time.Time
 	Logger *slog.Logger // default: discard
 }
+
+// DefaultWorkers is how many deliveries run at once by default. Deliveries
+// wait on the network, not the CPU; with River fetching at most every
+// fetchCooldown, Workers/fetchCooldown also bounds the delivery rate (16 per
+// 10 ms).
+const DefaultWorkers = 16
+
+// fetchCooldown is the shortest time between two River fetches of due jobs
+// (River's default is 100 ms, which at 4 workers capped delivery at 40
+// events/s and added up to 100 ms to every delivery).
+const fetchCooldown = 10 * time.Millisecond
+
+// insertNotifyCooldown is the shortest time between two insert
+// notifications from the outbox (River's minimum FetchCooldown).
+const insertNotifyCooldown = time.Millisecond
 
 // jobTimeoutMargin is how much longer than the HTTP attempt River's job
 // context lives (see deliverWorker.Timeout).
@@ -198,7 +218,7 @@ func newRelay(cfg Config) (*Relay, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 4
+		cfg.Workers = DefaultWorkers
 	}
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = DefaultAttemptTimeout
@@ -251,6 +271,7 @@ func (r *Relay) riverConfig() *river.Config {
 		CancelledJobRetentionPeriod: -1,
 		DiscardedJobRetentionPeriod: -1,
 		CompletedJobRetentionPeriod: 30 * 24 * time.Hour,
+		FetchCooldown:               fetchCooldown,
 		// A job left running by a killed process is retried once it has
 		// been running RescueAfter; River requires that to exceed the job
 		// timeout, whose client-wide default (1 min) is set to ours.
@@ -259,7 +280,7 @@ func (r *Relay) riverConfig() *river.Config {
 	}
 	if r.cfg.PollInterval > 0 {
 		c.FetchPollInterval = r.cfg.PollInterval
-		c.FetchCooldown = min(r.cfg.PollInterval, 100*time.Millisecond)
+		c.FetchCooldown = min(r.cfg.PollInterval, fetchCooldown)
 	}
 	if r.clockInjected {
 		c.Test.Time = riverClock{r.cfg.Now}

@@ -46,6 +46,7 @@ func TestSettingsErrors(t *testing.T) {
 		{"bad port", map[string]string{"PORT": "http"}, "PORT"},
 		{"bad threshold", map[string]string{"CONSENT_CONFIDENCE_THRESHOLD": "1.5"}, "CONSENT_CONFIDENCE_THRESHOLD"},
 		{"bad RELAY_PII", map[string]string{"RELAY_PII": "plain"}, "RELAY_PII"},
+		{"short RELAY_RESCUE_AFTER", map[string]string{"RELAY_RESCUE_AFTER": "10s"}, "RELAY_RESCUE_AFTER must be a duration longer than 15s"},
 		{"zapier without secret", map[string]string{"ZAPIER_WEBHOOK_URL": "https://hooks.zapier.com/hooks/catch/1/abc/"}, "RELAY_SIGNING_SECRET is required"},
 		{"mysql URL", map[string]string{"DATABASE_URL": "mysql://x"}, "DATABASE_URL must be a postgres://"},
 		{"bad redis URL", map[string]string{"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL"},

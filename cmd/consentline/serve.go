@@ -129,7 +129,7 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 // newRelay builds the relay from the settings: audit always, Zapier
 // delivery when ZAPIER_WEBHOOK_URL is set.
 func newRelay(s *settings, db *database, pseudonyms *pii.Pseudonymizer, log *slog.Logger) (*relay.Relay, error) {
-	cfg := relay.Config{Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: relay.PIIEncrypted, Logger: log}
+	cfg := relay.Config{Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: relay.PIIEncrypted, RescueAfter: s.RelayRescueAfter, Logger: log}
 	if s.RelayOmitPII {
 		cfg.PII = relay.PIIOmit
 	}

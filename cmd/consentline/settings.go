@@ -7,9 +7,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/relay"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -25,6 +27,7 @@ type settings struct {
 	ZapierWebhookURL   string
 	RelayOmitPII       bool
 	RelaySigningSecret string
+	RelayRescueAfter   time.Duration // 0: relay.DefaultRescueAfter
 
 	DatabaseURL string
 	RedisURL    string
@@ -119,6 +122,13 @@ func (s *settings) loadRelay(getenv func(string) string) error {
 		s.RelayOmitPII = true
 	default:
 		return &settingError{"RELAY_PII", "must be encrypted (PII fields sent as JWE) or omit (no PII fields at all)"}
+	}
+	if v := strings.TrimSpace(getenv("RELAY_RESCUE_AFTER")); v != "" {
+		d, err := time.ParseDuration(v)
+		if floor := relay.JobTimeout(0); err != nil || d <= floor {
+			return &settingError{"RELAY_RESCUE_AFTER", fmt.Sprintf("must be a duration longer than %s (a delivery's timeout), e.g. 30s, or empty for the default %s", floor, relay.DefaultRescueAfter(0))}
+		}
+		s.RelayRescueAfter = d
 	}
 	s.ZapierWebhookURL = strings.TrimSpace(getenv("ZAPIER_WEBHOOK_URL"))
 	if s.ZapierWebhookURL == "" {

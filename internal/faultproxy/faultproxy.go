@@ -192,13 +192,15 @@ func (p *Proxy) Resume() error {
 	return nil
 }
 
-// DropAll closes every open connection, as a server restart does; the mode
-// is unchanged (in pass, new connections go through at once).
-func (p *Proxy) DropAll() {
+// DropAll closes every open connection, as a server restart does, and
+// returns how many it closed; the mode is unchanged (in pass, new
+// connections go through at once).
+func (p *Proxy) DropAll() int {
 	p.mu.Lock()
 	links := p.takeLinks()
 	p.mu.Unlock()
 	closeAll(links)
+	return len(links)
 }
 
 // Close stops listening, closes every connection and waits for the proxy's

@@ -251,7 +251,9 @@ func TestDropAll(t *testing.T) {
 	for _, c := range conns {
 		c.mustEcho("up")
 	}
-	p.DropAll()
+	if n := p.DropAll(); n != 3 {
+		t.Errorf("DropAll closed %d connections, want 3", n)
+	}
 	for _, c := range conns {
 		c.wantClosed()
 	}

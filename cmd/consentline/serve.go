@@ -212,7 +212,7 @@ func openBackends(ctx context.Context, databaseURL, redisURL, dataDir string, ou
 			b.close()
 			return nil, badSettings{&settingError{"REDIS_URL", "does not parse as a redis:// URL"}}
 		}
-		b.locker = redislock.New(b.redis, redislock.Options{Prefix: "consentline:lock:"})
+		b.locker = redislock.New(b.redis, redislock.Options{Prefix: "consentline:lock:", TTL: redislock.WebhookTTL})
 		b.lockKind = "redis"
 	} else {
 		b.locker = memlock.New()

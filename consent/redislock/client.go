@@ -35,6 +35,15 @@ const (
 	ClientMinIdleConns = 4
 )
 
+// WebhookTTL is the lease for locks held only within one webhook's 2 s
+// budget, what serve uses instead of DefaultTTL. Work under such a lock ends
+// with the webhook's deadline, so the lease need not outlive it by much; and
+// the lease is also how long a lock can be left behind by a SET NX whose
+// reply was lost (Redis stalled, then caught up after Acquire gave up and
+// its compensating delete had failed too): that call's retries find the lock
+// busy until it lapses. Measured in internal/integration TestRedisStalled.
+const WebhookTTL = 3 * time.Second
+
 // NewClient returns a go-redis client for redisURL (redis:// or rediss://)
 // set up for the per-call lock's time budget:
 //

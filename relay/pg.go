@@ -14,16 +14,39 @@ import (
 // MigratePostgres creates or upgrades River's own tables. The relay_audit
 // table and its append-only triggers come with the store's migrations
 // (consent/pgstore/migrations/0002_relay_audit.sql).
+//
+// Replicas starting together all run it: a session advisory lock, held on
+// one connection of the pool, makes them take turns, so the later ones find
+// nothing left to do. (Not one transaction: River's own migrations commit
+// per version, and one of them adds an enum value it then uses.)
 func MigratePostgres(ctx context.Context, pool *pgxpool.Pool) error {
 	m, err := rivermigrate.New(riverpgxv5.New(pool), nil)
 	if err != nil {
 		return fmt.Errorf("relay: river migrator: %w", err)
 	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("relay: river migrations: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, riverMigrationLockKey); err != nil {
+		return fmt.Errorf("relay: river migration lock: %w", err)
+	}
+	defer func() {
+		// A failed unlock leaves the lock to the session: closing the
+		// connection ends it.
+		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, riverMigrationLockKey); err != nil {
+			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		}
+	}()
 	if _, err := m.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return fmt.Errorf("relay: river migrations: %w", err)
 	}
 	return nil
 }
+
+// riverMigrationLockKey serializes River's migrations across replicas.
+const riverMigrationLockKey int64 = 0x72697665726d6967 // "rivermig"
 
 // NewPostgres returns a Relay over PostgreSQL (pgstore's Pool()).
 func NewPostgres(pool *pgxpool.Pool, cfg Config) (*Relay, error) {

@@ -69,13 +69,9 @@ func TestReplicasStartTogether(t *testing.T) {
 }
 
 // TestReplicasMigrateRiverTogether: serve's openDatabase also runs River's
-// migrations (relay.MigratePostgres) at start, outside pgstore's migration
-// lock; replicas doing it at the same moment collide.
+// migrations (relay.MigratePostgres) at start; replicas doing it at the same
+// moment must take turns rather than collide.
 func TestReplicasMigrateRiverTogether(t *testing.T) {
-	t.Skip("known bug, reported: relay.MigratePostgres run by several replicas at once fails with " +
-		`"duplicate key value violates unique constraint pg_type_typname_nsp_index" or ` +
-		`"relation river_migration already exists"; all but one replica exit at their first start. ` +
-		"Remove this skip once it takes pgstore's advisory migration lock.")
 	t.Parallel()
 	dbURL := testdb.Postgres(t)
 	startReplicas(t, 4, func(ctx context.Context, i int) error {

@@ -1,13 +1,15 @@
 // Package ivr answers Twilio's voice webhooks: it walks a caller through the
 // consent disclosure in TwiML and hands their answers to consent.Service.
 //
-// Every handler answers within DecisionTimeout whatever the database or lock
+// Every handler answers within AnswerDeadline whatever the database or lock
 // backend is doing: when a dependency fails, the caller hears a short hold
 // line and the call is redirected back into the flow, never an error.
 package ivr
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -49,13 +51,15 @@ type Config struct {
 	// call.completed event). Its error is logged; Twilio is answered anyway.
 	CallCompleted func(ctx context.Context, c CallStatus) error
 	Logger        *slog.Logger
-	// DecisionTimeout bounds the work behind one webhook (default 1 s, well
-	// inside Twilio's 15 s and the contract's 2 s). The answer can come up
-	// to about 0.6 s after it: pgstore lets a statement outlive its context
-	// by cancelGrace (500 ms) plus pgx's 100 ms while PostgreSQL acknowledges
-	// the cancel, which a stalled server never does.
+	// DecisionTimeout bounds the work behind one webhook (default 1 s).
 	DecisionTimeout time.Duration
-	Now             func() time.Time
+	// AnswerDeadline bounds the answer (default 1.5 s, well inside Twilio's
+	// 15 s and the contract's 2 s): work can outlive its context (pgstore
+	// lets a statement run up to 600 ms past it while PostgreSQL
+	// acknowledges the cancel, which a stalled server never does), and the
+	// caller hears a hold line rather than wait for it.
+	AnswerDeadline time.Duration
+	Now            func() time.Time
 }
 
 // CallStatus is what Twilio's status callback says of a finished call.
@@ -81,6 +85,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.DecisionTimeout <= 0 {
 		cfg.DecisionTimeout = time.Second
+	}
+	if cfg.AnswerDeadline <= 0 {
+		cfg.AnswerDeadline = 1500 * time.Millisecond
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -179,9 +186,16 @@ func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 		answer.Confidence = parseConfidence(form.Get("Confidence"))
 	}
 
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DecisionTimeout)
-	defer cancel()
-	out, err := s.cfg.Consent.Decide(ctx, answer)
+	out, err := within(s, r, func(ctx context.Context) (consent.Outcome, error) {
+		out, err := s.cfg.Consent.Decide(ctx, answer)
+		if err != nil || out.Recorded || out.NeedsConfirmation || st.Attempt < maxReprompts {
+			return out, err
+		}
+		// The last re-prompt went unanswered too: close as no_response.
+		rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, answer.Call, answer.Source, answer.HeardMS)
+		out.Recorded, out.Created, out.Record = err == nil, created, rec
+		return out, err
+	})
 	if err != nil {
 		s.hold(w, r, script, st, "deciding", err)
 		return
@@ -193,17 +207,43 @@ func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 	case out.NeedsConfirmation:
 		// The Gather's action is this handler: the key pressed decides.
 		s.writeTwiML(w, r)(twiml.Confirm(script, s.url(PathGather, st)))
-	case st.Attempt < maxReprompts:
+	default:
 		st.Attempt++
 		s.writeTwiML(w, r)(twiml.Reprompt(script, st.Attempt, s.gatherURLs(st)))
-	default:
-		rec, _, err := s.cfg.Consent.RecordNoResponse(ctx, answer.Call, answer.Source, answer.HeardMS)
-		if err != nil {
-			s.hold(w, r, script, st, "recording no_response", err)
-			return
-		}
-		s.cfg.Logger.Info("consent closed", "call_sid", answer.CallSID, "decision", rec.Decision)
-		s.readBack(w, r, script, rec.Decision)
+	}
+}
+
+// errPastDeadline is the error of work that had not finished when its
+// webhook had to be answered.
+var errPastDeadline = errors.New("work not finished by the webhook's answer deadline")
+
+// within runs the work behind a webhook with the webhook's budget. The work
+// gets a context ending after DecisionTimeout, detached from the request's
+// own (a decision the caller made is still recorded if Twilio hangs up on
+// us); the answer waits at most AnswerDeadline even if a backend ignores
+// that context (a stalled server never acknowledges a cancel), so the
+// caller hears a hold line, never silence. Work still running then finishes
+// or fails on its own: the next delivery reads back whatever it recorded.
+func within[T any](s *Server, r *http.Request, work func(ctx context.Context) (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.DecisionTimeout)
+		defer cancel()
+		v, err := work(ctx)
+		done <- result{v, err}
+	}()
+	timer := time.NewTimer(s.cfg.AnswerDeadline)
+	defer timer.Stop()
+	select {
+	case res := <-done:
+		return res.v, res.err
+	case <-timer.C:
+		var zero T
+		return zero, errPastDeadline
 	}
 }
 
@@ -234,9 +274,9 @@ func (s *Server) partial(w http.ResponseWriter, r *http.Request) {
 		Confidence: parseConfidence(form.Get("Stability")),
 	}
 	answer.HeardMS, answer.BargeIn = st.heard(script, now)
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DecisionTimeout)
-	defer cancel()
-	out, err := s.cfg.Consent.Decide(ctx, answer)
+	out, err := within(s, r, func(ctx context.Context) (consent.Outcome, error) {
+		return s.cfg.Consent.Decide(ctx, answer)
+	})
 	if err != nil {
 		s.cfg.Logger.Warn("partial result not decided", "call_sid", answer.CallSID, "error", err)
 		return
@@ -266,25 +306,30 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	script := s.cfg.Scripts.Default()
 	call := s.call(r, script)
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DecisionTimeout)
-	defer cancel()
-	rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, call, consent.SourceStatusCallback, 0)
-	if err != nil {
-		// Twilio retries status callbacks that fail; a 5xx asks for that.
-		s.cfg.Logger.Error("status callback not recorded", "call_sid", call.CallSID, "error", err)
-		w.WriteHeader(http.StatusServiceUnavailable)
-		return
-	}
-	if created {
-		s.cfg.Logger.Info("call ended without a decision", "call_sid", call.CallSID, "decision", rec.Decision)
-	}
-	if s.cfg.CallCompleted != nil {
-		secs, _ := strconv.Atoi(form.Get("CallDuration"))
+	secs, _ := strconv.Atoi(form.Get("CallDuration"))
+	_, err := within(s, r, func(ctx context.Context) (struct{}, error) {
+		rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, call, consent.SourceStatusCallback, 0)
+		if err != nil {
+			return struct{}{}, fmt.Errorf("recording no_response: %w", err)
+		}
+		if created {
+			s.cfg.Logger.Info("call ended without a decision", "call_sid", call.CallSID, "decision", rec.Decision)
+		}
+		if s.cfg.CallCompleted == nil {
+			return struct{}{}, nil
+		}
 		cs := CallStatus{CallSID: call.CallSID, Status: callStatus, From: call.From, To: call.To,
 			Duration: time.Duration(secs) * time.Second, Script: rec.Script}
 		if err := s.cfg.CallCompleted(ctx, cs); err != nil {
-			s.cfg.Logger.Error("call.completed not relayed", "call_sid", call.CallSID, "error", err)
+			return struct{}{}, fmt.Errorf("relaying call.completed: %w", err)
 		}
+		return struct{}{}, nil
+	})
+	if err != nil {
+		// A 5xx tells Twilio (and its debugger) the callback was not taken.
+		s.cfg.Logger.Error("status callback not recorded", "call_sid", call.CallSID, "error", err)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -152,14 +152,9 @@ func (s *Service) record(ctx context.Context, a Answer, d Decision) (Record, boo
 	}
 	defer release()
 
-	// Under the lock a decision already stored wins; checking first spares
-	// sealing and a doomed insert on every retry and late final result.
-	if rec, err := s.cfg.Store.Get(held, a.CallSID, a.Script.ID); err == nil {
-		return rec, false, nil
-	} else if !errors.Is(err, ErrNotFound) {
-		return Record{}, false, fmt.Errorf("looking up earlier decision: %w", err)
-	}
-
+	// No lookup first: a new decision (the common case) is then one
+	// transaction, and Store.Record returns the decision already stored
+	// when there is one, so it still wins.
 	rec := Record{
 		ID:                uuid.NewString(),
 		CallSID:           a.CallSID,

@@ -122,6 +122,24 @@ if redis.call("GET", KEYS[1]) == ARGV[1] then
 end
 return 0`)
 
+	// KEYS[1] lock key, ARGV[1] owner token, ARGV[2] TTL in ms.
+	// Returns 1 if the lock is now ours, 0 if another owner holds it.
+	// Idempotent for one token: when a reply is lost and the command is
+	// sent again (by go-redis's retry or by Acquire's loop), the key
+	// already holding our token means we hold the lock, not that someone
+	// else does — a plain SET NX would wait out its own TTL.
+	acquireScript = redis.NewScript(`
+local v = redis.call("GET", KEYS[1])
+if v == false then
+	redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+	return 1
+end
+if v == ARGV[1] then
+	redis.call("PEXPIRE", KEYS[1], ARGV[2])
+	return 1
+end
+return 0`)
+
 	// KEYS[1] lock key, ARGV[1] owner token.
 	// Returns 1 if deleted, 0 if the key is gone or not ours.
 	releaseScript = redis.NewScript(`
@@ -157,15 +175,15 @@ func (l *Locker) Acquire(ctx context.Context, key string) (held context.Context,
 	for {
 		start := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, l.opts.CommandTimeout)
-		err := l.client.Do(cctx, "set", rkey, token, "px", l.ttlMS, "nx").Err()
+		got, err := acquireScript.Run(cctx, l.client, []string{rkey}, token, l.ttlMS).Int()
 		cancel()
-		if err == nil {
+		if err == nil && got == 1 {
 			if wait != nil {
 				wait.Stop()
 			}
 			return l.hold(ctx, key, rkey, token, start)
 		}
-		if !errors.Is(err, redis.Nil) { // nil reply: someone else holds it
+		if err != nil {
 			if wait != nil {
 				wait.Stop()
 			}
@@ -332,13 +350,40 @@ func (h *holder) release() {
 // del deletes rkey if it still holds token. ctx carries the caller's values
 // (tracing) but not its cancellation: a request that is ending must still
 // free its lock, or every retry of this call waits out the TTL.
+//
+// A timed-out delete is tried again in the background while the lock could
+// still be alive (within TTL): after a stall the first tries fail, and a
+// lock left behind would keep every retry of the call on hold until it
+// lapses.
 func (l *Locker) del(ctx context.Context, key, rkey, token string) {
+	err := l.delOnce(ctx, rkey, token)
+	if err != nil && isTimeout(err) {
+		go l.delRetry(ctx, key, rkey, token, time.Now().Add(l.opts.TTL))
+		return
+	}
+	if err != nil {
+		l.opts.Logger.Warn("redislock: releasing lock failed; it lapses after its TTL", "key", key, "ttl", l.opts.TTL, "err", err)
+	}
+}
+
+func (l *Locker) delRetry(ctx context.Context, key, rkey, token string, until time.Time) {
+	for {
+		time.Sleep(jitter(l.opts.RetryInterval * 10))
+		err := l.delOnce(ctx, rkey, token)
+		if err == nil {
+			return
+		}
+		if !isTimeout(err) || time.Now().Add(l.opts.CommandTimeout).After(until) {
+			l.opts.Logger.Warn("redislock: releasing lock failed; it lapses after its TTL", "key", key, "ttl", l.opts.TTL, "err", err)
+			return
+		}
+	}
+}
+
+func (l *Locker) delOnce(ctx context.Context, rkey, token string) error {
 	ctx, cancel := context.WithTimeout(ctx, l.opts.CommandTimeout)
 	defer cancel()
-	if err := releaseScript.Run(ctx, l.client, []string{rkey}, token).Err(); err != nil {
-		l.opts.Logger.Warn("redislock: releasing lock failed; it lapses after its TTL",
-			"key", key, "ttl", l.opts.TTL, "err", err)
-	}
+	return releaseScript.Run(ctx, l.client, []string{rkey}, token).Err()
 }
 
 // isTimeout reports whether err means we gave up waiting for Redis (so a

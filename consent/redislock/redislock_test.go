@@ -462,3 +462,26 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		}
 	})
 }
+
+// A SET whose reply was lost and is sent again (go-redis's retry, or the
+// next turn of Acquire's loop) finds its own token: that is ours, not a
+// lock someone else holds.
+func TestAcquireIsIdempotentPerToken(t *testing.T) {
+	e := newEnv(t)
+	c := e.client()
+	ctx := context.Background()
+	rkey := e.prefix + "idempotent"
+	ttl := int64(5000)
+	for i, want := range []int{1, 1} {
+		got, err := acquireScript.Run(ctx, c, []string{rkey}, "token-a", ttl).Int()
+		if err != nil || got != want {
+			t.Fatalf("send %d of the same token: %d, %v; want %d", i+1, got, err, want)
+		}
+	}
+	if got, err := acquireScript.Run(ctx, c, []string{rkey}, "token-b", ttl).Int(); err != nil || got != 0 {
+		t.Fatalf("another token: %d, %v; want 0 (held)", got, err)
+	}
+	if pttl := c.PTTL(ctx, rkey).Val(); pttl <= 0 || pttl > time.Duration(ttl)*time.Millisecond {
+		t.Errorf("PTTL = %v, want the lock's TTL", pttl)
+	}
+}

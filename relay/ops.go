@@ -122,12 +122,14 @@ func (r *Relay) Event(ctx context.Context, eventID string) (AuditEntry, error) {
 	return r.b.entry(ctx, eventID)
 }
 
-// VerifyAudit walks the whole audit chain (`audit verify`). A broken chain
-// is a *ChainError naming the first bad entry's seq and event id.
+// VerifyAudit walks every audit chain (`audit verify`), ordered by chain
+// and seq. A broken chain is a *ChainError naming the first bad entry's
+// chain, seq and event id; the result then covers what was verified before
+// it.
 func (r *Relay) VerifyAudit(ctx context.Context) (VerifyResult, error) {
-	v := newChainVerifier()
+	v := newAuditVerifier()
 	err := r.b.walk(ctx, v.check)
-	return VerifyResult{Entries: v.prevSeq, Head: v.prevHash}, err
+	return v.result(), err
 }
 
 // Decrypt opens a value for the `decrypt VALUE` command: a single JWE

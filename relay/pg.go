@@ -73,7 +73,7 @@ func (p *pgBackend) entry(ctx context.Context, id string) (AuditEntry, error) {
 }
 
 func (p *pgBackend) walk(ctx context.Context, fn func(AuditEntry) error) error {
-	rows, err := p.pool.Query(ctx, `SELECT `+auditColumns+` FROM relay_audit ORDER BY seq`)
+	rows, err := p.pool.Query(ctx, `SELECT `+auditColumns+` FROM relay_audit ORDER BY chain, seq`)
 	if err != nil {
 		return err
 	}

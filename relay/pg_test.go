@@ -56,14 +56,18 @@ func TestPostgresRetryDeadLetterReplay(t *testing.T) {
 func TestPostgresAuditAppendOnly(t *testing.T) {
 	e := newPGEnv(t, envOpts{})
 	ctx := context.Background()
-	for _, id := range []string{"a1", "a2"} {
-		if _, _, err := e.store.Record(ctx, record(t, e.keyring, id, "CA"+id)); err != nil {
-			t.Fatal(err)
-		}
+	// A call's consent and call.completed events: seq 1 and 2 of its chain.
+	if _, _, err := e.store.Record(ctx, record(t, e.keyring, "a1", "CAa1")); err != nil {
+		t.Fatal(err)
 	}
+	cc, _, err := e.relay.RecordCallCompleted(ctx, CallCompleted{CallSID: "CAa1", From: "+14158675309", At: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := ChainOf("CAa1")
 	for _, q := range []string{
-		`UPDATE relay_audit SET type = 'consent.declined' WHERE seq = 2`,
-		`DELETE FROM relay_audit WHERE seq = 2`,
+		fmt.Sprintf(`UPDATE relay_audit SET type = 'consent.declined' WHERE chain = %d AND seq = 2`, chain),
+		fmt.Sprintf(`DELETE FROM relay_audit WHERE chain = %d AND seq = 2`, chain),
 		`TRUNCATE relay_audit`,
 	} {
 		if err := e.exec(ctx, q); err == nil || !strings.Contains(err.Error(), "append-only") {
@@ -73,37 +77,50 @@ func TestPostgresAuditAppendOnly(t *testing.T) {
 	if err := e.exec(ctx, `ALTER TABLE relay_audit DISABLE TRIGGER relay_audit_no_update_delete`); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.exec(ctx, `DELETE FROM relay_audit WHERE seq = 1`); err != nil {
+	if err := e.exec(ctx, fmt.Sprintf(`DELETE FROM relay_audit WHERE chain = %d AND seq = 1`, chain)); err != nil {
 		t.Fatal(err)
 	}
-	_, err := e.relay.VerifyAudit(ctx)
+	_, err = e.relay.VerifyAudit(ctx)
 	var ce *ChainError
-	if !errors.As(err, &ce) || ce.Seq != 2 || ce.EventID != "a2" {
+	if !errors.As(err, &ce) || ce.Chain != chain || ce.Seq != 2 || ce.EventID != cc.ID {
 		t.Fatalf("deleted first entry: %v", err)
 	}
 }
 
 // Concurrent appends from many transactions (as several instances would
-// make) must still form one unbroken chain: the advisory lock serializes
-// them.
+// make) must leave every chain unbroken: the per-chain advisory lock
+// serializes appends to one chain while other chains go ahead. Each call's
+// status callback also arrives twice at once, as Twilio may re-send it: the
+// lock, taken before the "already in the log" lookup, lets exactly one of
+// them append.
 func TestPostgresConcurrentAppendsChain(t *testing.T) {
 	e := newPGEnv(t, envOpts{})
 	ctx := context.Background()
-	const n = 40
+	const calls = 48 // consent + call.completed twice: 144 appends at once
 	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Add(1)
+	errs := make(chan error, 3*calls)
+	var mu sync.Mutex
+	created := map[string]int{}
+	for i := range calls {
+		sid := fmt.Sprintf("CAc%d", i)
+		wg.Add(3)
 		go func() {
 			defer wg.Done()
-			var err error
-			if i%2 == 0 {
-				_, _, err = e.store.Record(ctx, record(t, e.keyring, fmt.Sprintf("c%d", i), fmt.Sprintf("CAc%d", i)))
-			} else {
-				_, _, err = e.relay.RecordCallCompleted(ctx, CallCompleted{CallSID: fmt.Sprintf("CAc%d", i), From: "+14158675309", At: time.Now()})
-			}
+			_, _, err := e.store.Record(ctx, record(t, e.keyring, fmt.Sprintf("c%d", i), sid))
 			errs <- err
 		}()
+		for range 2 {
+			go func() {
+				defer wg.Done()
+				ev, ok, err := e.relay.RecordCallCompleted(ctx, CallCompleted{CallSID: sid, From: "+14158675309", At: time.Now()})
+				if ok {
+					mu.Lock()
+					created[ev.ID]++
+					mu.Unlock()
+				}
+				errs <- err
+			}()
+		}
 	}
 	wg.Wait()
 	close(errs)
@@ -112,14 +129,81 @@ func TestPostgresConcurrentAppendsChain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if len(created) != calls {
+		t.Fatalf("%d call.completed events created for %d calls", len(created), calls)
+	}
+	for id, n := range created {
+		if n != 1 {
+			t.Fatalf("%s created %d times", id, n)
+		}
+	}
 	res, err := e.relay.VerifyAudit(ctx)
-	if err != nil || res.Entries != n {
+	if err != nil || res.Entries != 2*calls {
+		t.Fatalf("verify: %+v %v", res, err)
+	}
+	want := map[int]int64{}
+	for i := range calls {
+		sid := fmt.Sprintf("CAc%d", i)
+		want[ChainOf(sid)] += 2
+		c, _ := e.relay.Event(ctx, fmt.Sprintf("c%d", i))
+		cc, _ := e.relay.Event(ctx, CallCompletedEventID(sid))
+		if c.Chain != ChainOf(sid) || cc.Chain != c.Chain {
+			t.Errorf("call %s: events in chains %d and %d, want %d", sid, c.Chain, cc.Chain, ChainOf(sid))
+		}
+	}
+	if len(res.Chains) != len(want) || len(want) < AuditChains/2 {
+		t.Fatalf("appends spread over %d chains, want %d (and at least %d)", len(res.Chains), len(want), AuditChains/2)
+	}
+	for _, h := range res.Chains {
+		if h.Seq != want[h.Chain] {
+			t.Errorf("chain %d: %d entries, want %d", h.Chain, h.Seq, want[h.Chain])
+		}
+	}
+}
+
+// An append waits only for transactions appending to its own chain.
+func TestPostgresChainLocksIndependent(t *testing.T) {
+	e := newPGEnv(t, envOpts{})
+	ctx := context.Background()
+	pool := e.store.(*pgstore.Store).Pool()
+	held, other := "CAheld", ""
+	for i := 0; other == ""; i++ {
+		if sid := fmt.Sprintf("CAother%d", i); ChainOf(sid) != ChainOf(held) {
+			other = sid
+		}
+	}
+	// Another instance's transaction sits inside an append to held's chain.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // released at the end either way
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey+int64(ChainOf(held))); err != nil {
+		t.Fatal(err)
+	}
+	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, _, err := e.relay.RecordCallCompleted(octx, CallCompleted{CallSID: other, At: time.Now()}); err != nil {
+		t.Fatalf("append to another chain waited: %v", err)
+	}
+	hctx, cancel2 := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel2()
+	if _, _, err := e.relay.RecordCallCompleted(hctx, CallCompleted{CallSID: held, At: time.Now()}); err == nil {
+		t.Fatal("append to a locked chain went ahead")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, created, err := e.relay.RecordCallCompleted(ctx, CallCompleted{CallSID: held, At: time.Now()}); err != nil || !created {
+		t.Fatalf("append once the lock is free: %v %v", created, err)
+	}
+	if res, err := e.relay.VerifyAudit(ctx); err != nil || res.Entries != 2 || len(res.Chains) != 2 {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
 }
 
-// BenchmarkPostgresRecordWithOutbox: consent insert, audit append (under the
-// advisory lock) and River job insert in one transaction.
+// BenchmarkPostgresRecordWithOutbox: consent insert, audit append (under its
+// chain's advisory lock) and River job insert in one transaction.
 func BenchmarkPostgresRecordWithOutbox(b *testing.B) {
 	ctx := context.Background()
 	k := keyring(b, hexA, "")

@@ -49,7 +49,7 @@ func (s *sqliteBackend) entry(ctx context.Context, id string) (AuditEntry, error
 }
 
 func (s *sqliteBackend) walk(ctx context.Context, fn func(AuditEntry) error) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+auditColumns+` FROM relay_audit ORDER BY seq`)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+auditColumns+` FROM relay_audit ORDER BY chain, seq`)
 	if err != nil {
 		return err
 	}

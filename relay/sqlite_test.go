@@ -309,7 +309,14 @@ func TestSQLiteAuditAppendOnlyAndVerify(t *testing.T) {
 	if err != nil || res.Entries != 4 {
 		t.Fatalf("verify %+v %v", res, err)
 	}
-	for _, q := range []string{`UPDATE relay_audit SET type = 'consent.declined' WHERE seq = 2`, `DELETE FROM relay_audit WHERE seq = 4`, `DELETE FROM relay_audit`} {
+	// The call's call.completed event follows its consent event in the
+	// call's chain.
+	a1, _ := e.relay.Event(ctx, "a1")
+	cc, _ := e.relay.Event(ctx, ev.ID)
+	if a1.Chain != ChainOf("CAa1") || cc.Chain != a1.Chain || cc.Seq <= a1.Seq {
+		t.Fatalf("consent at %d/%d, call.completed at %d/%d", a1.Chain, a1.Seq, cc.Chain, cc.Seq)
+	}
+	for _, q := range []string{`UPDATE relay_audit SET type = 'consent.declined' WHERE event_id = 'a2'`, `DELETE FROM relay_audit WHERE event_id = '` + ev.ID + `'`, `DELETE FROM relay_audit`} {
 		if err := e.exec(ctx, q); err == nil || !strings.Contains(err.Error(), "append-only") {
 			t.Fatalf("%s: %v", q, err)
 		}
@@ -319,13 +326,14 @@ func TestSQLiteAuditAppendOnlyAndVerify(t *testing.T) {
 	if err := e.exec(ctx, `DROP TRIGGER relay_audit_no_update`); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.exec(ctx, `UPDATE relay_audit SET event = replace(event, 'consent.granted', 'consent.declined'), type = 'consent.declined' WHERE seq = 2`); err != nil {
+	if err := e.exec(ctx, `UPDATE relay_audit SET event = replace(event, 'consent.granted', 'consent.declined'), type = 'consent.declined' WHERE event_id = 'a2'`); err != nil {
 		t.Fatal(err)
 	}
+	a2, _ := e.relay.Event(ctx, "a2")
 	_, err = e.relay.VerifyAudit(ctx)
 	var ce *ChainError
-	if !errors.As(err, &ce) || ce.Seq != 2 || ce.EventID != "a2" {
-		t.Fatalf("tampered chain: %v", err)
+	if !errors.As(err, &ce) || ce.Chain != a2.Chain || ce.Seq != a2.Seq || ce.EventID != "a2" {
+		t.Fatalf("tampered chain: %v, want chain %d seq %d event a2", err, a2.Chain, a2.Seq)
 	}
 }
 

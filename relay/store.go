@@ -75,21 +75,30 @@ func (n noRowsRow) Scan(dest ...any) error {
 	return err
 }
 
-// auditLockKey is the transaction-scoped advisory lock that serializes
-// appends on PostgreSQL: two transactions must not both read the same head
-// and chain onto it. (SQLite has a single writer, which serializes them
-// already.) The value is arbitrary but fixed; River hashes its own advisory
-// lock keys, so a collision is as unlikely as any 64-bit one.
+// auditLockKey is the base of the transaction-scoped advisory locks that
+// serialize appends on PostgreSQL, one per chain (auditLockKey + chain): two
+// transactions must not both read the same chain head and chain onto it.
+// The lock is held until COMMIT, so one lock for the whole log lined every
+// decision's WAL flush up behind the previous one; per-chain locks let
+// commits in different chains overlap. (SQLite has a single writer whose
+// transactions begin IMMEDIATE, which serializes appends already.) The value
+// is arbitrary but fixed; River hashes its own advisory lock keys, so a
+// collision with the AuditChains keys from here up is as unlikely as any
+// 64-bit one.
 const auditLockKey int64 = 0x72656c6179617564 // "relayaud"
 
-const auditColumns = `seq, event_id, type, occurred_at, event, prev_hash, hash`
+const auditColumns = `chain, seq, event_id, type, occurred_at, event, prev_hash, hash`
 
-// appendAudit appends ev to the chain inside the caller's transaction and
-// reports whether it did; an event id already in the log is left alone
+// appendAudit appends ev to its call's chain inside the caller's transaction
+// and reports whether it did; an event id already in the log is left alone
 // (created false), which makes re-sent status callbacks harmless.
 func appendAudit(ctx context.Context, q txq, ev Event) (AuditEntry, bool, error) {
+	chain := ChainOf(ev.CallSID)
 	if q.postgres() {
-		if err := q.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey); err != nil {
+		// Taken before the lookup below: a re-sent event has the same call
+		// SID, so the same chain and lock, and waits here for the first to
+		// commit instead of also finding nothing.
+		if err := q.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey+int64(chain)); err != nil {
 			return AuditEntry{}, false, fmt.Errorf("relay: audit lock: %w", err)
 		}
 	}
@@ -99,16 +108,16 @@ func appendAudit(ctx context.Context, q txq, ev Event) (AuditEntry, bool, error)
 		return AuditEntry{}, false, fmt.Errorf("relay: audit lookup: %w", err)
 	}
 	prevSeq, prevHash := int64(0), GenesisHash
-	err := q.queryRow(ctx, `SELECT seq, hash FROM relay_audit ORDER BY seq DESC LIMIT 1`).Scan(&prevSeq, &prevHash)
+	err := q.queryRow(ctx, `SELECT seq, hash FROM relay_audit WHERE chain = $1 ORDER BY seq DESC LIMIT 1`, chain).Scan(&prevSeq, &prevHash)
 	if err != nil && !errors.Is(err, errNoRows) {
 		return AuditEntry{}, false, fmt.Errorf("relay: audit head: %w", err)
 	}
-	e, err := newEntry(prevSeq, prevHash, ev)
+	e, err := newEntry(chain, prevSeq, prevHash, ev)
 	if err != nil {
 		return AuditEntry{}, false, err
 	}
-	if err := q.exec(ctx, `INSERT INTO relay_audit (`+auditColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		e.Seq, e.EventID, e.Type, e.OccurredAt, string(e.Event), e.PrevHash, e.Hash); err != nil {
+	if err := q.exec(ctx, `INSERT INTO relay_audit (`+auditColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		e.Chain, e.Seq, e.EventID, e.Type, e.OccurredAt, string(e.Event), e.PrevHash, e.Hash); err != nil {
 		return AuditEntry{}, false, fmt.Errorf("relay: audit append: %w", err)
 	}
 	return e, true, nil
@@ -117,7 +126,7 @@ func appendAudit(ctx context.Context, q txq, ev Event) (AuditEntry, bool, error)
 func scanEntry(r rowScanner) (AuditEntry, error) {
 	var e AuditEntry
 	var body string
-	if err := r.Scan(&e.Seq, &e.EventID, &e.Type, &e.OccurredAt, &body, &e.PrevHash, &e.Hash); err != nil {
+	if err := r.Scan(&e.Chain, &e.Seq, &e.EventID, &e.Type, &e.OccurredAt, &body, &e.PrevHash, &e.Hash); err != nil {
 		return AuditEntry{}, err
 	}
 	e.Event = []byte(body)

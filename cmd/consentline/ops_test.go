@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -127,15 +128,20 @@ func TestOperatorCommands(t *testing.T) {
 		t.Errorf("decrypt with the wrong key: exit %d %q %q", code, out, errOut)
 	}
 
-	// Tampering with one audit row (the triggers have to go first) is named.
+	// Tampering with one audit row (the triggers have to go first) is named
+	// by chain, seq and event id.
 	if _, err := db.Exec(`DROP TRIGGER IF EXISTS relay_audit_no_update`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec(`UPDATE relay_audit SET event = replace(event, 'consent.granted', 'consent.declined') WHERE seq = 2`); err != nil {
+	var chain, seq int
+	if err := db.QueryRow(`SELECT chain, seq FROM relay_audit WHERE event_id = ?`, ids[1]).Scan(&chain, &seq); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE relay_audit SET event = replace(event, 'consent.granted', 'consent.declined') WHERE event_id = ?`, ids[1]); err != nil {
 		t.Fatalf("tamper: %v", err)
 	}
 	code, _, errOut = runCmd(t, env, "audit", "verify")
-	if code == 0 || !strings.Contains(errOut, "seq 2") || !strings.Contains(errOut, ids[1]) {
+	if code == 0 || !strings.Contains(errOut, fmt.Sprintf("chain %d broken at seq %d", chain, seq)) || !strings.Contains(errOut, ids[1]) {
 		t.Errorf("audit verify after tampering: exit %d: %s", code, errOut)
 	}
 }

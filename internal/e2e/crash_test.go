@@ -193,7 +193,8 @@ func driveCalls(t testing.TB, tw *twiliosim.Twilio, tag string, n int) {
 	}
 }
 
-// auditedEvents lists the event ids in the audit log, in chain order.
+// auditedEvents lists the event ids in the audit log, chain by chain, each
+// in seq order.
 func auditedEvents(t testing.TB, dbURL string) []string {
 	t.Helper()
 	ctx := context.Background()
@@ -202,7 +203,7 @@ func auditedEvents(t testing.TB, dbURL string) []string {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT event_id FROM relay_audit ORDER BY seq`)
+	rows, err := conn.Query(ctx, `SELECT event_id FROM relay_audit ORDER BY chain, seq`)
 	if err != nil {
 		t.Fatal(err)
 	}

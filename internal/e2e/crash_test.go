@@ -134,7 +134,7 @@ func TestSIGKILLWithDeliveriesInFlight(t *testing.T) {
 		t.Errorf("%d consent events delivered, want %d", consentEvents, calls)
 	}
 
-	if code, out, errOut := runCLI(t, env, "audit", "verify"); code != 0 || !strings.Contains(out, fmt.Sprintf("audit chain intact: %d entries", 2*calls)) {
+	if code, out, errOut := runCLI(t, env, "audit", "verify"); code != 0 || !strings.Contains(out, fmt.Sprintf("audit chains intact: %d entries in ", 2*calls)) {
 		t.Errorf("audit verify: exit %d\n%s%s", code, out, errOut)
 	}
 	// Delivered jobs leave nothing failed behind (the rescue's error is

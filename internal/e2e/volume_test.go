@@ -83,7 +83,7 @@ func TestThousandDecisionsDeadLetterReplay(t *testing.T) {
 
 	env := serveEnv(t, st.secrets, st.dbURL, hook.hookURL())
 	code, out, errOut := runCLI(t, env, "audit", "verify")
-	if code != 0 || !strings.Contains(out, fmt.Sprintf("audit chain intact: %d entries", decisions)) {
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("audit chains intact: %d entries in ", decisions)) {
 		t.Fatalf("audit verify: exit %d\n%s%s", code, out, errOut)
 	}
 

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/consentline/consentline/consent/pgstore"
+	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/internal/testdb"
 )
 
@@ -203,19 +206,12 @@ func TestPostgresChainLocksIndependent(t *testing.T) {
 }
 
 // BenchmarkPostgresRecordWithOutbox: consent insert, audit append (under its
-// chain's advisory lock) and River job insert in one transaction.
+// chain's advisory lock) and River job insert in one transaction, one after
+// another: the latency of one decision's transaction, which parallel chains
+// do not change.
 func BenchmarkPostgresRecordWithOutbox(b *testing.B) {
 	ctx := context.Background()
-	k := keyring(b, hexA, "")
-	outbox, _ := NewOutbox(k, true)
-	store, err := pgstore.Open(ctx, testdb.Postgres(b), pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer store.Close()
-	if err := MigratePostgres(ctx, store.Pool()); err != nil {
-		b.Fatal(err)
-	}
+	store, k := benchPGStore(b, "")
 	rec := record(b, k, "", "")
 	i := 0
 	for b.Loop() {
@@ -225,4 +221,138 @@ func BenchmarkPostgresRecordWithOutbox(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// benchPGStore opens a migrated store with the outbox hook on a fresh
+// database; urlParams (e.g. "pool_max_conns=32") are added to its URL.
+func benchPGStore(b *testing.B, urlParams string) (*pgstore.Store, *pii.Keyring) {
+	b.Helper()
+	ctx := context.Background()
+	k := keyring(b, hexA, "")
+	outbox, _ := NewOutbox(k, true)
+	url := testdb.Postgres(b)
+	if urlParams != "" {
+		sep := "?"
+		if strings.Contains(url, "?") {
+			sep = "&"
+		}
+		url += sep + urlParams
+	}
+	store, err := pgstore.Open(ctx, url, pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { store.Close() })
+	if err := MigratePostgres(ctx, store.Pool()); err != nil {
+		b.Fatal(err)
+	}
+	return store, k
+}
+
+var benchCall atomic.Int64 // call SIDs distinct across b.N rounds
+
+// BenchmarkPostgresRecordWithOutboxParallel: the same transaction from many
+// callers at once, which is what the audit log's one lock used to
+// serialize (each commit's WAL flush waited for the previous one's) and
+// parallel chains let overlap.
+//
+//   - callers=16: 16 goroutines, each recording one decision after another
+//     (closed loop): the most decisions/s the store sustains.
+//   - rate=1500: decisions arriving at 1,500/s whatever the latency (open
+//     loop, latency counted from each one's due time): the target load.
+//
+// conns=default is pgxpool's default pool (max(4, NumCPU) connections),
+// which is what serve gets unless DATABASE_URL sets pool_max_conns;
+// conns=32 shows what the database itself takes.
+//
+//	go test -run '^$' -bench RecordWithOutboxParallel ./relay
+func BenchmarkPostgresRecordWithOutboxParallel(b *testing.B) {
+	for _, conns := range []string{"default", "32"} {
+		params := ""
+		if conns != "default" {
+			params = "pool_max_conns=" + conns
+		}
+		for _, load := range []string{"callers=16", "rate=1500"} {
+			b.Run("conns="+conns+"/"+load, func(b *testing.B) {
+				store, k := benchPGStore(b, params)
+				if load == "rate=1500" {
+					benchRecordsAtRate(b, store, k, 1500)
+				} else {
+					benchRecordsClosed(b, store, k, 16)
+				}
+			})
+		}
+	}
+}
+
+func benchRecordsClosed(b *testing.B, store *pgstore.Store, k *pii.Keyring, callers int) {
+	ctx := context.Background()
+	run := benchCall.Add(1)
+	proto := record(b, k, "", "")
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+		lat  = make([]time.Duration, b.N)
+	)
+	b.ResetTimer()
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := proto
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
+					return
+				}
+				rec.ID, rec.CallSID = "", fmt.Sprintf("CA%d_%d", run, i)
+				start := time.Now()
+				if _, _, err := store.Record(ctx, rec); err != nil {
+					b.Error(err)
+					return
+				}
+				lat[i] = time.Since(start)
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	reportRecords(b, lat, b.Elapsed())
+}
+
+func benchRecordsAtRate(b *testing.B, store *pgstore.Store, k *pii.Keyring, perSecond int) {
+	ctx := context.Background()
+	run := benchCall.Add(1)
+	rec := record(b, k, "", "")
+	interval := time.Second / time.Duration(perSecond)
+	lat := make([]time.Duration, b.N)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for i := range b.N {
+		due := start.Add(time.Duration(i) * interval)
+		time.Sleep(time.Until(due))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rec
+			r.CallSID = fmt.Sprintf("CA%d_%d", run, i)
+			if _, _, err := store.Record(ctx, r); err != nil {
+				b.Error(err)
+				return
+			}
+			lat[i] = time.Since(due) // includes any wait behind a late start
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	reportRecords(b, lat, time.Since(start))
+}
+
+func reportRecords(b *testing.B, lat []time.Duration, elapsed time.Duration) {
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "decisions/s")
+	b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
+	b.ReportMetric(ms(lat[len(lat)*99/100]), "p99-ms")
 }

@@ -29,13 +29,20 @@ import (
 //	events/s        events received / (last receipt - first decision)
 //
 //	go test ./internal/e2e -run '^$' -bench DecisionToDelivery -benchtime 2000x
+//
+// rate=500 is open-loop instead: a decision is due every 2 ms whether or not
+// earlier ones were answered (as independent callers are), latency counts
+// from its due time, and events/s shows whether 500/s is sustained.
 func BenchmarkDecisionToDelivery(b *testing.B) {
 	for _, backend := range []string{"postgres", "sqlite"} {
 		for _, callers := range []int{1, 8} {
 			b.Run(fmt.Sprintf("%s/callers=%d", backend, callers), func(b *testing.B) {
-				benchDecisionToDelivery(b, backend, callers)
+				benchDecisionToDelivery(b, backend, callers, 0)
 			})
 		}
+		b.Run(backend+"/rate=500", func(b *testing.B) {
+			benchDecisionToDelivery(b, backend, 64, 500)
+		})
 	}
 }
 
@@ -55,7 +62,9 @@ type benchRig struct {
 
 var rigs sync.Map // *testing.B -> *benchRig
 
-func benchDecisionToDelivery(b *testing.B, backend string, callers int) {
+// benchDecisionToDelivery runs b.N decisions with callers goroutines, closed
+// loop, or open loop at rate decisions/s when rate > 0.
+func benchDecisionToDelivery(b *testing.B, backend string, callers, rate int) {
 	ctx := context.Background()
 	v, ok := rigs.Load(b)
 	if !ok {
@@ -93,6 +102,7 @@ func benchDecisionToDelivery(b *testing.B, backend string, callers int) {
 	var wg sync.WaitGroup
 	errs := make(chan error, callers)
 	b.ResetTimer()
+	start := time.Now()
 	for range callers {
 		wg.Add(1)
 		go func() {
@@ -108,6 +118,11 @@ func benchDecisionToDelivery(b *testing.B, backend string, callers int) {
 					digits = "2"
 				}
 				sent[i] = time.Now()
+				if rate > 0 {
+					due := start.Add(time.Duration(i) * time.Second / time.Duration(rate))
+					time.Sleep(time.Until(due))
+					sent[i] = due
+				}
 				if err := answerKey(ctx, c, rig.action, digits); err != nil {
 					errs <- err
 					return

@@ -1,20 +1,17 @@
 package pgstore
 
 import (
-	"cmp"
 	"context"
 	"embed"
 	"errors"
 	"fmt"
 	"io/fs"
-	"path"
-	"regexp"
-	"slices"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/consentline/consentline/internal/sqlmigrate"
 )
 
 // migrationFiles are this dialect's schema changes, applied in version order.
@@ -24,50 +21,6 @@ import (
 //
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
-
-type migration struct {
-	version int64
-	name    string // the file name between "NNNN_" and ".sql"
-	sql     string
-}
-
-var migrationName = regexp.MustCompile(`^([0-9]{4,})_([a-z0-9_]+)\.sql$`)
-
-// loadMigrations reads every *.sql file at the root of fsys, sorted by
-// version. Files named otherwise are an error rather than skipped, so a typo
-// cannot quietly leave a change unapplied.
-func loadMigrations(fsys fs.FS) ([]migration, error) {
-	entries, err := fs.ReadDir(fsys, ".")
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	for _, e := range entries {
-		if e.IsDir() || path.Ext(e.Name()) != ".sql" {
-			continue
-		}
-		m := migrationName.FindStringSubmatch(e.Name())
-		if m == nil {
-			return nil, fmt.Errorf("migration file %q: want NNNN_name.sql (lower case)", e.Name())
-		}
-		version, err := strconv.ParseInt(m[1], 10, 64)
-		if err != nil || version == 0 {
-			return nil, fmt.Errorf("migration file %q: bad version", e.Name())
-		}
-		body, err := fs.ReadFile(fsys, e.Name())
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{version: version, name: m[2], sql: string(body)})
-	}
-	slices.SortFunc(ms, func(a, b migration) int { return cmp.Compare(a.version, b.version) })
-	for i := 1; i < len(ms); i++ {
-		if ms[i].version == ms[i-1].version {
-			return nil, fmt.Errorf("two migrations numbered %d: %s and %s", ms[i].version, ms[i-1].name, ms[i].name)
-		}
-	}
-	return ms, nil
-}
 
 func embeddedMigrations() fs.FS {
 	sub, err := fs.Sub(migrationFiles, "migrations")
@@ -101,7 +54,7 @@ func (s *Store) Migrate(ctx context.Context) error {
 }
 
 func (s *Store) migrate(ctx context.Context, fsys fs.FS) (err error) {
-	ms, err := loadMigrations(fsys)
+	ms, err := sqlmigrate.Load(fsys)
 	if err != nil {
 		return fmt.Errorf("pgstore: migrate: %w", err)
 	}
@@ -139,7 +92,7 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) (err error) {
 	}
 	for _, m := range ms {
 		if err := apply(ctx, conn.Conn(), m); err != nil {
-			return fmt.Errorf("pgstore: migration %04d_%s: %w", m.version, m.name, ctxCause(ctx, err))
+			return fmt.Errorf("pgstore: migration %s: %w", m.File(), ctxCause(ctx, err))
 		}
 	}
 	return nil
@@ -153,7 +106,7 @@ func destroy(conn *pgxpool.Conn) {
 	_ = c.Close(ctx)
 }
 
-func apply(ctx context.Context, conn *pgx.Conn, m migration) error {
+func apply(ctx context.Context, conn *pgx.Conn, m sqlmigrate.Migration) error {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return err
@@ -162,13 +115,13 @@ func apply(ctx context.Context, conn *pgx.Conn, m migration) error {
 	// ends the session and its advisory lock.
 	defer tx.Rollback(ctx)
 	var applied string
-	err = tx.QueryRow(ctx, `SELECT name FROM schema_migrations WHERE version = $1`, m.version).Scan(&applied)
+	err = tx.QueryRow(ctx, `SELECT name FROM schema_migrations WHERE version = $1`, m.Version).Scan(&applied)
 	switch {
 	case err == nil:
-		if applied != m.name {
+		if applied != m.Name {
 			// Two different changes under one number: the database's schema
 			// is not what this binary believes, so refuse to run on it.
-			return fmt.Errorf("version %d is recorded as %q, this binary has %q", m.version, applied, m.name)
+			return fmt.Errorf("version %d is recorded as %q, this binary has %q", m.Version, applied, m.Name)
 		}
 		return nil
 	case !errors.Is(err, pgx.ErrNoRows):
@@ -176,10 +129,10 @@ func apply(ctx context.Context, conn *pgx.Conn, m migration) error {
 	}
 	// No arguments: pgx sends it with the simple protocol, which runs a
 	// file of several statements.
-	if _, err := tx.Exec(ctx, m.sql); err != nil {
+	if _, err := tx.Exec(ctx, m.SQL); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.version, m.name); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)

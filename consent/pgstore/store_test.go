@@ -12,10 +12,12 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/storetest"
+	"github.com/consentline/consentline/internal/sqlmigrate"
 	"github.com/consentline/consentline/internal/testdb"
-	"github.com/jackc/pgx/v5"
 )
 
 func open(t testing.TB, url string, opts Options) *Store {
@@ -61,7 +63,7 @@ func TestOpenDoesNotMigrateUnlessAsked(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	files, _ := loadMigrations(embeddedMigrations())
+	files, _ := sqlmigrate.Load(embeddedMigrations())
 	if n := count(t, s, `SELECT count(*) FROM schema_migrations`); n != len(files) || n == 0 {
 		t.Fatalf("schema_migrations has %d rows, want %d", n, len(files))
 	}
@@ -100,7 +102,7 @@ func TestConcurrentMigrate(t *testing.T) {
 			t.Errorf("Migrate %d: %v", i, err)
 		}
 	}
-	files, _ := loadMigrations(embeddedMigrations())
+	files, _ := sqlmigrate.Load(embeddedMigrations())
 	if got := count(t, stores[0], `SELECT count(*) FROM schema_migrations`); got != len(files) {
 		t.Fatalf("schema_migrations has %d rows, want %d", got, len(files))
 	}
@@ -154,15 +156,15 @@ func TestMigrationRunner(t *testing.T) {
 	s := open(t, testdb.Postgres(t), Options{})
 	ctx := context.Background()
 	base := fstest.MapFS{}
-	ms, err := loadMigrations(embeddedMigrations())
+	ms, err := sqlmigrate.Load(embeddedMigrations())
 	if err != nil || len(ms) == 0 {
 		t.Fatalf("embedded migrations: %d, %v", len(ms), err)
 	}
 	for _, m := range ms {
-		base[fmt.Sprintf("%04d_%s.sql", m.version, m.name)] = &fstest.MapFile{Data: []byte(m.sql)}
+		base[fmt.Sprintf("%04d_%s.sql", m.Version, m.Name)] = &fstest.MapFile{Data: []byte(m.SQL)}
 	}
 	// Numbered after the embedded ones, wherever those have got to.
-	last := ms[len(ms)-1].version
+	last := ms[len(ms)-1].Version
 	name := func(offset int64, label string) string { return fmt.Sprintf("%04d_%s.sql", last+offset, label) }
 	with := func(m fstest.MapFS, add map[string]string) fstest.MapFS {
 		out := fstest.MapFS{}

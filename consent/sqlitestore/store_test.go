@@ -17,6 +17,7 @@ import (
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/storetest"
+	"github.com/consentline/consentline/internal/sqlmigrate"
 )
 
 func open(t testing.TB, dir string, opts Options) *Store {
@@ -139,7 +140,7 @@ func TestOpenDoesNotMigrateUnlessAsked(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	files, _ := loadMigrations(embeddedMigrations())
+	files, _ := sqlmigrate.Load(embeddedMigrations())
 	var n int
 	if err := s.read.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&n); err != nil {
 		t.Fatal(err)
@@ -195,29 +196,21 @@ func TestMigrationRunner(t *testing.T) {
 		t.Fatal("a different migration under an applied version was accepted")
 	}
 
-	for name, fsys := range map[string]fstest.MapFS{
-		"bad name":  {"2_x.sql": {Data: []byte("SELECT 1;")}},
-		"duplicate": {"0001_a.sql": {Data: []byte("SELECT 1;")}, "0001_b.sql": {Data: []byte("SELECT 1;")}},
-	} {
-		if _, err := loadMigrations(fsys); err == nil {
-			t.Errorf("%s: loadMigrations accepted it", name)
-		}
-	}
 }
 
 // embeddedMap copies the embedded migrations into a MapFS tests can extend,
 // and returns the highest version among them.
 func embeddedMap(t *testing.T) (fstest.MapFS, int64) {
 	t.Helper()
-	ms, err := loadMigrations(embeddedMigrations())
+	ms, err := sqlmigrate.Load(embeddedMigrations())
 	if err != nil || len(ms) == 0 {
 		t.Fatalf("embedded migrations: %d, %v", len(ms), err)
 	}
 	out := fstest.MapFS{}
 	for _, m := range ms {
-		out[fmt.Sprintf("%04d_%s.sql", m.version, m.name)] = &fstest.MapFile{Data: []byte(m.sql)}
+		out[fmt.Sprintf("%04d_%s.sql", m.Version, m.Name)] = &fstest.MapFile{Data: []byte(m.SQL)}
 	}
-	return out, ms[len(ms)-1].version
+	return out, ms[len(ms)-1].Version
 }
 
 func clone(m fstest.MapFS) fstest.MapFS {
@@ -388,7 +381,7 @@ func TestConcurrentMigrate(t *testing.T) {
 			t.Errorf("Migrate %d: %v", i, err)
 		}
 	}
-	files, _ := loadMigrations(embeddedMigrations())
+	files, _ := sqlmigrate.Load(embeddedMigrations())
 	var got int
 	if err := stores[0].read.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&got); err != nil || got != len(files) {
 		t.Fatalf("schema_migrations has %d rows (err %v), want %d", got, err, len(files))

@@ -51,7 +51,6 @@ type Source string
 
 const (
 	SourceSpeech         Source = "speech"
-	SourceSpeechPartial  Source = "speech_partial"
 	SourceDTMF           Source = "dtmf"
 	SourceMediaStream    Source = "media_stream"
 	SourceStatusCallback Source = "status_callback"
@@ -107,6 +106,9 @@ var (
 	// ErrLockTimeout is returned by a Locker that could not acquire a lock
 	// before its context ended.
 	ErrLockTimeout = errors.New("consent: per-call lock not acquired in time")
+	// ErrLockBusy is returned by Locker.TryAcquire when another owner holds
+	// the lock.
+	ErrLockBusy = errors.New("consent: per-call lock held by another delivery")
 )
 
 // Store persists consent records. Implementations: consent/sqlitestore (the
@@ -140,4 +142,10 @@ type Locker interface {
 	// under it stops instead of committing. release frees the lock if this
 	// owner still holds it; it is safe to call more than once.
 	Acquire(ctx context.Context, key string) (held context.Context, release func(), err error)
+	// TryAcquire is Acquire without the wait: when another owner holds key
+	// it returns an error wrapping ErrLockBusy at once.
+	TryAcquire(ctx context.Context, key string) (held context.Context, release func(), err error)
+	// Wait blocks until key is not held (its holder released it, or its
+	// lease lapsed) or ctx ends; it does not take the lock.
+	Wait(ctx context.Context, key string) error
 }

@@ -4,11 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
-	"unicode"
 
 	"github.com/google/uuid"
+	"golang.org/x/sync/singleflight"
 )
 
 // DefaultThreshold is CONSENT_CONFIDENCE_THRESHOLD's default: speech
@@ -36,6 +35,12 @@ type Config struct {
 // constraint is the last guard.
 type Service struct {
 	cfg Config
+	// deciding coalesces one instance's concurrent deliveries of the same
+	// call and script (Twilio's retries, a load balancer's duplicates) into
+	// one lock acquisition and one insert: the first delivery decides and
+	// the others share its record, instead of queueing on the per-call lock
+	// behind it and each taking a turn at the database.
+	deciding singleflight.Group
 }
 
 // NewService returns a Service; it panics on a missing dependency, which is
@@ -65,7 +70,10 @@ type Call struct {
 	To      string
 }
 
-// Answer is one answer from the caller: speech (final or partial) or a key.
+// Answer is one final answer from the caller: a recognizer's final speech
+// result or a key. Partial results never reach here: a prefix of what the
+// caller is saying ("yes, can you repeat that? no, I do not agree") is no
+// answer.
 type Answer struct {
 	Call
 	Source Source
@@ -73,8 +81,8 @@ type Answer struct {
 	// speech it is left empty and the transcript is classified.
 	Intent     Intent
 	Transcript string
-	// Confidence is the recognizer's confidence (for partials, Twilio's
-	// Stability); nil when the recognizer gave none.
+	// Confidence is the recognizer's confidence in [0,1]; nil when the
+	// recognizer gave none.
 	Confidence *float64
 	// BargeIn and HeardMS say where in the disclosure the answer came.
 	BargeIn bool
@@ -107,11 +115,6 @@ func (s *Service) Decide(ctx context.Context, a Answer) (Outcome, error) {
 		out.Intent = Classify(a.Script.Language, a.Transcript)
 		switch {
 		case out.Intent == NoIntent || out.Intent == Unclear:
-		case a.Source == SourceSpeechPartial && !answerComplete(a.Transcript):
-			// A partial is a prefix of what the caller is saying: "I do"
-			// may yet become "I do not agree". Only a partial that ends on
-			// a word that completes an answer decides early.
-			out.Intent = Unclear
 		case a.Confidence == nil && a.Source == SourceSpeech:
 			out.NeedsConfirmation = true
 		case a.Confidence == nil || *a.Confidence < s.cfg.Threshold:
@@ -144,14 +147,61 @@ func (s *Service) RecordNoResponse(ctx context.Context, c Call, source Source, h
 	return s.record(ctx, Answer{Call: c, Source: source, HeardMS: heardMS}, NoResponse)
 }
 
-// record stores one decision under the per-call lock.
-func (s *Service) record(ctx context.Context, a Answer, d Decision) (Record, bool, error) {
-	held, release, err := s.cfg.Locker.Acquire(ctx, "call:"+a.CallSID)
-	if err != nil {
-		return Record{}, false, fmt.Errorf("per-call lock: %w", err)
-	}
-	defer release()
+// recorded is what one (possibly shared) record call produced.
+type recorded struct {
+	rec     Record
+	created bool
+}
 
+// record stores one decision, coalescing concurrent deliveries of the same
+// call on this instance: only the first runs recordLocked, and only its
+// caller may report the record as created by it.
+func (s *Service) record(ctx context.Context, a Answer, d Decision) (Record, bool, error) {
+	leader := false
+	v, err, _ := s.deciding.Do(a.CallSID+"\x00"+a.Script.ID, func() (any, error) {
+		leader = true
+		rec, created, err := s.recordLocked(ctx, a, d)
+		return recorded{rec, created}, err
+	})
+	if err != nil {
+		return Record{}, false, err
+	}
+	r := v.(recorded)
+	return r.rec, r.created && leader, nil
+}
+
+// recordLocked stores one decision under the per-call lock. Across
+// instances the lock lets one delivery decide at a time. A delivery that
+// finds it taken does not queue to decide after the holder: it waits for
+// the holder to finish and reads the holder's decision back. Only if the
+// holder recorded nothing (it failed, or its deadline passed) does it try
+// to decide itself.
+func (s *Service) recordLocked(ctx context.Context, a Answer, d Decision) (Record, bool, error) {
+	key := "call:" + a.CallSID
+	for {
+		held, release, err := s.cfg.Locker.TryAcquire(ctx, key)
+		if err == nil {
+			defer release()
+			return s.insert(held, a, d)
+		}
+		if !errors.Is(err, ErrLockBusy) {
+			return Record{}, false, fmt.Errorf("per-call lock: %w", err)
+		}
+		if err := s.cfg.Locker.Wait(ctx, key); err != nil {
+			return Record{}, false, fmt.Errorf("per-call lock: waiting for another delivery's decision: %w", err)
+		}
+		rec, err := s.cfg.Store.Get(ctx, a.CallSID, a.Script.ID)
+		switch {
+		case err == nil:
+			return rec, false, nil
+		case !errors.Is(err, ErrNotFound):
+			return Record{}, false, fmt.Errorf("reading another delivery's decision: %w", err)
+		}
+	}
+}
+
+// insert builds and stores the record; held is the per-call lock's context.
+func (s *Service) insert(held context.Context, a Answer, d Decision) (Record, bool, error) {
 	// No lookup first: a new decision (the common case) is then one
 	// transaction, and Store.Record returns the decision already stored
 	// when there is one, so it still wins.
@@ -174,6 +224,7 @@ func (s *Service) record(ctx context.Context, a Answer, d Decision) (Record, boo
 		dst   *Sealed
 		plain string
 	}{{&rec.From, a.From}, {&rec.To, a.To}, {&rec.Transcript, a.Transcript}} {
+		var err error
 		if *f.dst, err = s.cfg.Seal(f.plain); err != nil {
 			return Record{}, false, fmt.Errorf("sealing record: %w", err)
 		}
@@ -185,25 +236,4 @@ func (s *Service) record(ctx context.Context, a Answer, d Decision) (Record, boo
 		return Record{}, false, fmt.Errorf("recording decision: %w", err)
 	}
 	return stored, created, nil
-}
-
-// completingWords end an answer: a partial result whose last word is one of
-// them has said what it means, and negations before it are already in it
-// ("I don't agree"). Bare "no" and "not" are left out on purpose: "no
-// problem, I agree" and "I do not mind" start with them.
-var completingWords = map[string]bool{
-	"yes": true, "yeah": true, "yep": true, "sure": true, "okay": true, "ok": true,
-	"agree": true, "consent": true, "accept": true, "fine": true, "course": true,
-	"nope": true, "decline": true, "refuse": true, "thanks": true,
-	"si": true, "sí": true, "acuerdo": true, "acepto": true, "consiento": true,
-	"consentimiento": true, "claro": true, "vale": true, "gracias": true,
-}
-
-// answerComplete reports whether a partial transcript ends on a word that
-// completes an answer.
-func answerComplete(text string) bool {
-	words := strings.FieldsFunc(strings.ToLower(text), func(r rune) bool {
-		return !unicode.IsLetter(r) && r != '\''
-	})
-	return len(words) > 0 && completingWords[words[len(words)-1]]
 }

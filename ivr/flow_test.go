@@ -211,41 +211,43 @@ func TestSpanish(t *testing.T) {
 	}
 }
 
-// A partial that clearly decides records the decision (the caller barged
-// in); the Gather's final result then reads it back without a second record.
-func TestPartialDecidesEarly(t *testing.T) {
+// A partial result never decides, however stable: the caller says "Yes,
+// can you repeat that? No, I do not agree." and the record must say what the
+// final answer said, not the stable "yes" in the middle.
+func TestPartialNeverDecides(t *testing.T) {
 	h := newHarness(t, t.TempDir())
 	c := h.call("CApartial")
 	g := h.start(c)
 	h.clock.advance(3 * time.Second)
-	post := func(text, stability string) {
+	for _, p := range []struct{ text, stability string }{
+		{"yes", "0.92"}, {"yes I agree", "0.99"}, {"yes can you repeat that", "0.9"},
+		{"yes can you repeat that no I do not agree", "0.95"},
+	} {
 		status, _, err := h.twilio.Post(context.Background(), g.Attr("partialResultCallback"),
-			c.Params(url.Values{"UnstableSpeechResult": {text}, "Stability": {stability}}))
+			c.Params(url.Values{"UnstableSpeechResult": {p.text}, "Stability": {p.stability}}))
 		if err != nil || status != http.StatusNoContent {
-			t.Fatalf("partial: %d %v", status, err)
+			t.Fatalf("partial %q: %d %v", p.text, status, err)
+		}
+		if n := h.records(c.SID); n != 0 {
+			t.Fatalf("partial %q (stability %s) recorded %d", p.text, p.stability, n)
 		}
 	}
-	post("yes", "0.3")
-	if n := h.records(c.SID); n != 0 {
-		t.Fatalf("an unstable partial recorded %d", n)
+	// The final result contradicts itself: asked again, nothing recorded.
+	resp := h.answer(c, g, url.Values{"SpeechResult": {"Yes, can you repeat that? No, I do not agree."}, "Confidence": {"0.93"}})
+	if n := h.records(c.SID); n != 0 || resp.HangsUp() {
+		t.Fatalf("a self-contradicting final answer recorded %d:\n%s", n, resp.Raw)
 	}
-	// "I do" may yet become "I do not agree": a prefix never decides.
-	post("I do", "0.95")
-	if n := h.records(c.SID); n != 0 {
-		t.Fatalf("an incomplete partial recorded %d", n)
+	g2, ok := resp.SpeechGather()
+	if !ok {
+		t.Fatalf("no re-prompt after a contradicting answer:\n%s", resp.Raw)
 	}
-	post("yes I agree", "0.9")
+	resp = h.answer(c, g2, url.Values{"SpeechResult": {"No, I do not agree."}, "Confidence": {"0.93"}})
 	rec := h.record(c.SID)
-	if rec.Decision != consent.Granted || rec.Source != consent.SourceSpeechPartial || !rec.BargeIn {
-		t.Fatalf("record after partial = %+v", rec)
+	if rec.Decision != consent.Declined || rec.Source != consent.SourceSpeech {
+		t.Fatalf("record = %+v, want declined from the final speech result", rec)
 	}
-	// The final result disagrees; the recorded decision stands and is read back.
-	resp := h.answer(c, g, url.Values{"SpeechResult": {"yes I agree"}, "Confidence": {"0.93"}})
-	if !resp.HangsUp() || resp.Spoken()[0].Text != strings.TrimSpace(h.lib.Default().ReadBack[consent.Granted]) {
-		t.Errorf("final result after partial decided:\n%s", resp.Raw)
-	}
-	if n := h.records(c.SID); n != 1 {
-		t.Errorf("%d records, want 1", n)
+	if !resp.HangsUp() || resp.Spoken()[0].Text != strings.TrimSpace(h.lib.Default().ReadBack[consent.Declined]) {
+		t.Errorf("final result did not read back the decline:\n%s", resp.Raw)
 	}
 }
 

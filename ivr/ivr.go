@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -59,7 +60,14 @@ type Config struct {
 	// acknowledges the cancel, which a stalled server never does), and the
 	// caller hears a hold line rather than wait for it.
 	AnswerDeadline time.Duration
-	Now            func() time.Time
+	// MaxInFlight bounds the decision work this instance runs at once
+	// (default 256). Work beyond it waits for a slot for at most AdmitWait
+	// (default DecisionTimeout/2); work that cannot start by then gets the
+	// hold answer at once, rather than a goroutine that would still be
+	// queueing on the database after its caller heard the hold line.
+	MaxInFlight int
+	AdmitWait   time.Duration
+	Now         func() time.Time
 }
 
 // CallStatus is what Twilio's status callback says of a finished call.
@@ -76,6 +84,12 @@ type Server struct {
 	cfg    Config
 	base   string
 	router chi.Router
+
+	// slots is the admission semaphore (MaxInFlight); detached counts the
+	// work goroutines still running, including those whose webhook was
+	// already answered, so Drain can wait for them before the stores close.
+	slots    chan struct{}
+	detached sync.WaitGroup
 }
 
 // New returns the IVR server.
@@ -89,10 +103,16 @@ func New(cfg Config) *Server {
 	if cfg.AnswerDeadline <= 0 {
 		cfg.AnswerDeadline = 1500 * time.Millisecond
 	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 256
+	}
+	if cfg.AdmitWait <= 0 {
+		cfg.AdmitWait = cfg.DecisionTimeout / 2
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, base: strings.TrimRight(cfg.PublicBaseURL, "/")}
+	s := &Server{cfg: cfg, base: strings.TrimRight(cfg.PublicBaseURL, "/"), slots: make(chan struct{}, cfg.MaxInFlight)}
 
 	r := chi.NewRouter()
 	r.Get("/healthz", s.healthz)
@@ -115,6 +135,23 @@ func New(cfg Config) *Server {
 func (s *Server) Router() chi.Router { return s.router }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// Drain waits until no decision work is running, or ctx ends. Call it after
+// the HTTP server has shut down and before the stores close: work whose
+// webhook was answered with a hold may still be committing a decision.
+func (s *Server) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.detached.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("ivr: decision work still running: %w", context.Cause(ctx))
+	}
+}
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -213,77 +250,79 @@ func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// errPastDeadline is the error of work that had not finished when its
-// webhook had to be answered.
-var errPastDeadline = errors.New("work not finished by the webhook's answer deadline")
+var (
+	// errPastDeadline is the error of work that had not finished when its
+	// webhook had to be answered.
+	errPastDeadline = errors.New("work not finished by the webhook's answer deadline")
+	// errOverloaded is the error of work refused by admission control: it
+	// could not start within AdmitWait.
+	errOverloaded = errors.New("instance at capacity: decision work not admitted in time")
+)
 
-// within runs the work behind a webhook with the webhook's budget. The work
-// gets a context ending after DecisionTimeout, detached from the request's
-// own (a decision the caller made is still recorded if Twilio hangs up on
-// us); the answer waits at most AnswerDeadline even if a backend ignores
-// that context (a stalled server never acknowledges a cancel), so the
-// caller hears a hold line, never silence. Work still running then finishes
-// or fails on its own: the next delivery reads back whatever it recorded.
+// within runs the work behind a webhook with the webhook's budget.
+//
+// Admission: the work takes one of MaxInFlight slots, waiting at most
+// AdmitWait; work that cannot start by then is not started at all and the
+// caller hears a hold line at once. Under a burst this keeps the instance
+// doing as much as it can finish in time, instead of every request starting
+// and all of them missing their deadline together.
+//
+// The work gets a context ending DecisionTimeout after the request arrived,
+// detached from the request's own (a decision the caller made is still
+// recorded if Twilio hangs up on us); the answer waits at most
+// AnswerDeadline even if a backend ignores that context (a stalled server
+// never acknowledges a cancel), so the caller hears a hold line, never
+// silence. Work still running then finishes or fails on its own, counted
+// for Drain; the next delivery reads back whatever it recorded.
 func within[T any](s *Server, r *http.Request, work func(ctx context.Context) (T, error)) (T, error) {
+	var zero T
+	// Real time, not cfg.Now: deadlines are about this process, not the call.
+	arrived := time.Now()
+	answerBy := time.NewTimer(s.cfg.AnswerDeadline)
+	defer answerBy.Stop()
+
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		admitBy := time.NewTimer(s.cfg.AdmitWait)
+		select {
+		case s.slots <- struct{}{}:
+			admitBy.Stop()
+		case <-admitBy.C:
+			return zero, errOverloaded
+		}
+	}
+
 	type result struct {
 		v   T
 		err error
 	}
 	done := make(chan result, 1)
+	s.detached.Add(1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.DecisionTimeout)
+		defer s.detached.Done()
+		defer func() { <-s.slots }()
+		ctx, cancel := context.WithDeadline(context.WithoutCancel(r.Context()), arrived.Add(s.cfg.DecisionTimeout))
 		defer cancel()
 		v, err := work(ctx)
 		done <- result{v, err}
 	}()
-	timer := time.NewTimer(s.cfg.AnswerDeadline)
-	defer timer.Stop()
 	select {
 	case res := <-done:
 		return res.v, res.err
-	case <-timer.C:
-		var zero T
+	case <-answerBy.C:
 		return zero, errPastDeadline
 	}
 }
 
 // partial takes a partial speech result. Twilio takes no TwiML from it, so
-// it is always answered with an empty 204; a partial that is clearly a grant
-// or decline decides early (the caller barged in), and the Gather's final
-// result then reads that decision back.
+// it is always answered with an empty 204. A partial never decides: it is a
+// prefix of what the caller is saying ("yes, can you repeat that? no, I do
+// not agree"), and Twilio's Stability is no recognizer confidence. The
+// Gather's final result decides; where the caller started speaking is for
+// the media stream to measure, not for a partial's arrival time to guess.
 func (s *Server) partial(w http.ResponseWriter, r *http.Request) {
-	defer w.WriteHeader(http.StatusNoContent)
-	now := s.cfg.Now()
-	st := parseFlowState(r.URL.Query(), now)
-	script := s.script(st.Language)
-	form := r.PostForm
-
-	text := form.Get("StableSpeechResult")
-	if text == "" {
-		text = form.Get("UnstableSpeechResult")
-	}
-	if strings.TrimSpace(text) == "" {
-		return
-	}
-	answer := consent.Answer{
-		Call:       s.call(r, script),
-		Source:     consent.SourceSpeechPartial,
-		Transcript: text,
-		// Stability is Twilio's confidence that the partial will not change;
-		// without it a partial never decides on its own.
-		Confidence: parseConfidence(form.Get("Stability")),
-	}
-	answer.HeardMS, answer.BargeIn = st.heard(script, now)
-	out, err := within(s, r, func(ctx context.Context) (consent.Outcome, error) {
-		return s.cfg.Consent.Decide(ctx, answer)
-	})
-	if err != nil {
-		s.cfg.Logger.Warn("partial result not decided", "call_sid", answer.CallSID, "error", err)
-		return
-	}
-	if out.Created {
-		s.logDecision(answer.CallSID, out)
-	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // resume brings a call back into the flow after a hold: the question again.

@@ -106,7 +106,7 @@ func demo(ctx context.Context, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		p.f("   Twilio → POST %s (partial %q, stability %s) ← %d\n", pathOf(gather.Attr("partialResultCallback")), partial.text, partial.stability, status)
+		p.f("   Twilio → POST %s (partial %q, stability %s) ← %d: a partial never decides\n", pathOf(gather.Attr("partialResultCallback")), partial.text, partial.stability, status)
 	}
 	clock.advance(1200 * time.Millisecond)
 	p.f("   Twilio → POST %s (final SpeechResult, Confidence 0.94)\n", pathOf(gather.Attr("action")))

@@ -101,7 +101,7 @@ func TestDemo(t *testing.T) {
 	out := stdout.String()
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(`decision\s+granted`),
-		regexp.MustCompile(`source\s+speech_partial`),
+		regexp.MustCompile(`source\s+speech\b`),
 		regexp.MustCompile(`barge_in\s+true`),
 		regexp.MustCompile(`transcript \(DECRYPTED PII\)\s+yes I agree`),
 		regexp.MustCompile(`must hear`),

@@ -90,6 +90,12 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	// Webhooks answered with a hold may have left decision work running;
+	// it must commit (or fail) before the deferred closes of the relay and
+	// the stores run.
+	if err := app.Drain(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
 	return nil
 }
 
@@ -150,6 +156,9 @@ type backends struct {
 	locker   consent.Locker
 	lockKind string
 	redis    *redis.Client
+	// redisLock is locker when it is Redis's: its release subscription is
+	// closed with the client.
+	redisLock *redislock.Locker
 }
 
 // database is the store the settings chose and the relay that runs on it.
@@ -212,7 +221,8 @@ func openBackends(ctx context.Context, databaseURL, redisURL, dataDir string, ou
 			b.close()
 			return nil, badSettings{&settingError{"REDIS_URL", "does not parse as a redis:// URL"}}
 		}
-		b.locker = redislock.New(b.redis, redislock.Options{Prefix: "consentline:lock:", TTL: redislock.WebhookTTL})
+		b.redisLock = redislock.New(b.redis, redislock.Options{Prefix: "consentline:lock:", TTL: redislock.WebhookTTL})
+		b.locker = b.redisLock
 		b.lockKind = "redis"
 	} else {
 		b.locker = memlock.New()
@@ -235,6 +245,9 @@ func (b *backends) ready(ctx context.Context) error {
 }
 
 func (b *backends) close() {
+	if b.redisLock != nil {
+		_ = b.redisLock.Close()
+	}
 	if b.redis != nil {
 		_ = b.redis.Close()
 	}

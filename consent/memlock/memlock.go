@@ -50,26 +50,54 @@ var _ consent.Locker = (*Locker)(nil)
 // cannot otherwise be lost. release is idempotent: only its first call frees
 // the lock, so a stray second call cannot free a later owner's lock.
 func (l *Locker) Acquire(ctx context.Context, key string) (held context.Context, release func(), err error) {
+	return l.acquire(ctx, key, true)
+}
+
+// TryAcquire takes key if nobody holds it, else returns an error wrapping
+// consent.ErrLockBusy at once.
+func (l *Locker) TryAcquire(ctx context.Context, key string) (held context.Context, release func(), err error) {
+	return l.acquire(ctx, key, false)
+}
+
+// Wait blocks until nobody holds key or ctx ends. It queues like a waiter
+// and hands the lock straight back, so it returns only after every holder
+// before it has released.
+func (l *Locker) Wait(ctx context.Context, key string) error {
+	if ctx.Err() != nil {
+		return timeoutErr(ctx, key)
+	}
+	e := l.ref(key)
+	defer l.unref(key, e)
+	select {
+	case e.sem <- struct{}{}:
+		<-e.sem
+		return nil
+	case <-ctx.Done():
+		return timeoutErr(ctx, key)
+	}
+}
+
+func (l *Locker) acquire(ctx context.Context, key string, wait bool) (held context.Context, release func(), err error) {
 	// Fail before queueing when ctx is already over: select below chooses at
 	// random between ready cases, and a dead request should not take the lock.
 	if ctx.Err() != nil {
 		return nil, nil, timeoutErr(ctx, key)
 	}
-
-	l.mu.Lock()
-	e := l.locks[key]
-	if e == nil {
-		e = entryPool.Get().(*entry)
-		l.locks[key] = e
-	}
-	e.refs++
-	l.mu.Unlock()
-
-	select {
-	case e.sem <- struct{}{}:
-	case <-ctx.Done():
-		l.unref(key, e)
-		return nil, nil, timeoutErr(ctx, key)
+	e := l.ref(key)
+	if wait {
+		select {
+		case e.sem <- struct{}{}:
+		case <-ctx.Done():
+			l.unref(key, e)
+			return nil, nil, timeoutErr(ctx, key)
+		}
+	} else {
+		select {
+		case e.sem <- struct{}{}:
+		default:
+			l.unref(key, e)
+			return nil, nil, fmt.Errorf("memlock: %q: %w", key, consent.ErrLockBusy)
+		}
 	}
 
 	held, cancel := context.WithCancelCause(ctx)
@@ -84,6 +112,19 @@ func (l *Locker) Acquire(ctx context.Context, key string) (held context.Context,
 		})
 	}
 	return held, release, nil
+}
+
+// ref finds or creates key's entry and counts the caller in.
+func (l *Locker) ref(key string) *entry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.locks[key]
+	if e == nil {
+		e = entryPool.Get().(*entry)
+		l.locks[key] = e
+	}
+	e.refs++
+	return e
 }
 
 // unref drops one holder or waiter of e and removes e once nobody uses it.

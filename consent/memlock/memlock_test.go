@@ -213,3 +213,42 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		}
 	})
 }
+
+func TestTryAcquireAndWait(t *testing.T) {
+	l := New()
+	ctx := context.Background()
+	_, release, err := l.TryAcquire(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := l.TryAcquire(ctx, "k"); !errors.Is(err, consent.ErrLockBusy) {
+		t.Fatalf("second TryAcquire: %v, want ErrLockBusy", err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- l.Wait(ctx, "k") }()
+	select {
+	case err := <-waited:
+		t.Fatalf("Wait returned while held: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	release()
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	// Wait does not take the lock.
+	_, release, err = l.TryAcquire(ctx, "k")
+	if err != nil {
+		t.Fatalf("after Wait: %v", err)
+	}
+	release()
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	_, release, _ = l.TryAcquire(ctx, "k")
+	defer release()
+	if err := l.Wait(short, "k"); !errors.Is(err, consent.ErrLockTimeout) {
+		t.Fatalf("Wait past ctx: %v", err)
+	}
+	if n := len(l.locks); n != 1 {
+		t.Fatalf("%d entries left, want 1 (the held key)", n)
+	}
+}

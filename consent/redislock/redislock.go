@@ -29,6 +29,7 @@ import (
 	mathrand "math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -63,10 +64,16 @@ type Options struct {
 	// than a Redis hiccup, since a holder that cannot extend in time gives
 	// the lock up. Default 10s. Truncated to milliseconds.
 	TTL time.Duration
-	// RetryInterval is the mean wait between attempts to take a busy lock;
-	// each wait is jittered uniformly over [½, 1½)× so that instances that
-	// lost the same race do not retry in lockstep. Default 10ms.
+	// RetryInterval is the mean wait between attempts to take a busy lock
+	// until the Locker's release subscription is up; each wait is jittered
+	// uniformly over [½, 1½)× so that instances that lost the same race do
+	// not retry in lockstep. Default 10ms. Once subscribed, a waiter is woken
+	// by the holder's release and polls only every WakeupPoll, for a
+	// release it could not hear (a holder that died and let its lease
+	// lapse, a message lost while the subscription reconnected).
 	RetryInterval time.Duration
+	// WakeupPoll is a subscribed waiter's fallback poll. Default 100ms.
+	WakeupPoll time.Duration
 	// CommandTimeout bounds each Redis round trip the Locker makes, on top
 	// of any ctx deadline: a SET attempt, an extension, release's delete.
 	// A healthy Redis answers in about a millisecond; this turns an
@@ -86,6 +93,22 @@ type Locker struct {
 	client redis.UniversalClient
 	opts   Options
 	ttlMS  int64
+	// releasedChannel is where release announces a freed key (its Redis
+	// key, Prefix included), so waiters on every instance
+	// try again at once instead of polling Redis every few milliseconds:
+	// under a burst, hundreds of waiters polling at 10 ms is most of what
+	// Redis and the client pool do.
+	releasedChannel string
+
+	mu sync.Mutex
+	// waiters maps a Redis key to the channels of the Acquires waiting for
+	// it on this instance; each is closed by the release message.
+	waiters    map[string]map[chan struct{}]struct{}
+	subscribe  sync.Once
+	subscribed atomic.Bool
+	pubsub     *redis.PubSub
+	closed     bool
+	subDone    chan struct{}
 }
 
 var _ consent.Locker = (*Locker)(nil)
@@ -104,10 +127,102 @@ func New(client redis.UniversalClient, opts Options) *Locker {
 	if opts.CommandTimeout <= 0 {
 		opts.CommandTimeout = DefaultCommandTimeout
 	}
+	if opts.WakeupPoll <= 0 {
+		opts.WakeupPoll = 100 * time.Millisecond
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Locker{client: client, opts: opts, ttlMS: opts.TTL.Milliseconds()}
+	return &Locker{client: client, opts: opts, ttlMS: opts.TTL.Milliseconds(),
+		releasedChannel: opts.Prefix + "released", waiters: map[string]map[chan struct{}]struct{}{}}
+}
+
+// Close stops the release subscription. Locks held stay held until
+// released; Acquire keeps working, by polling.
+func (l *Locker) Close() error {
+	l.mu.Lock()
+	l.closed = true
+	ps, done := l.pubsub, l.subDone
+	l.mu.Unlock()
+	if ps == nil {
+		return nil
+	}
+	err := ps.Close()
+	<-done
+	return err
+}
+
+// listen starts, once, the subscription to release messages. Until it is
+// confirmed, waiters poll at RetryInterval.
+func (l *Locker) listen() {
+	l.subscribe.Do(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.closed {
+			return
+		}
+		// Subscribe sends nothing until used; Channel starts go-redis's
+		// reader, which reconnects and resubscribes on its own.
+		l.pubsub = l.client.Subscribe(context.Background())
+		l.subDone = make(chan struct{})
+		go l.receive(l.pubsub, l.subDone)
+	})
+}
+
+func (l *Locker) receive(ps *redis.PubSub, done chan struct{}) {
+	defer close(done)
+	ctx, cancel := context.WithTimeout(context.Background(), l.opts.CommandTimeout)
+	err := ps.Subscribe(ctx, l.releasedChannel)
+	if err == nil {
+		_, err = ps.ReceiveTimeout(ctx, l.opts.CommandTimeout)
+	}
+	cancel()
+	if err != nil {
+		// Polling still works; a later Locker (or restart) tries again.
+		l.opts.Logger.Warn("redislock: release subscription failed; waiters poll", "err", err)
+		return
+	}
+	l.subscribed.Store(true)
+	defer l.subscribed.Store(false)
+	for msg := range ps.Channel() {
+		l.wake(msg.Payload)
+	}
+}
+
+// watch registers a waiter for rkey's release; call it before trying the
+// lock, so a release between the try and the wait is not missed.
+func (l *Locker) watch(rkey string) chan struct{} {
+	ch := make(chan struct{})
+	l.mu.Lock()
+	w := l.waiters[rkey]
+	if w == nil {
+		w = map[chan struct{}]struct{}{}
+		l.waiters[rkey] = w
+	}
+	w[ch] = struct{}{}
+	l.mu.Unlock()
+	return ch
+}
+
+func (l *Locker) unwatch(rkey string, ch chan struct{}) {
+	l.mu.Lock()
+	if w := l.waiters[rkey]; w != nil {
+		delete(w, ch)
+		if len(w) == 0 {
+			delete(l.waiters, rkey)
+		}
+	}
+	l.mu.Unlock()
+}
+
+func (l *Locker) wake(rkey string) {
+	l.mu.Lock()
+	w := l.waiters[rkey]
+	delete(l.waiters, rkey)
+	l.mu.Unlock()
+	for ch := range w {
+		close(ch)
+	}
 }
 
 // Both scripts compare the owner token and act in one atomic step: a GET
@@ -140,17 +255,19 @@ if v == ARGV[1] then
 end
 return 0`)
 
-	// KEYS[1] lock key, ARGV[1] owner token.
-	// Returns 1 if deleted, 0 if the key is gone or not ours.
+	// KEYS[1] lock key, ARGV[1] owner token, ARGV[2] the release channel.
+	// Returns 1 if deleted (and announced), 0 if the key is gone or not ours.
 	releaseScript = redis.NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then
-	return redis.call("DEL", KEYS[1])
+	redis.call("DEL", KEYS[1])
+	redis.call("PUBLISH", ARGV[2], KEYS[1])
+	return 1
 end
 return 0`)
 )
 
-// Acquire takes the lock named key (stored at Prefix+key), retrying every
-// ~RetryInterval while another owner holds it, until ctx ends; then it
+// Acquire takes the lock named key (stored at Prefix+key), trying again
+// whenever its holder releases it (see Wait) until ctx ends; then it
 // returns an error wrapping consent.ErrLockTimeout and ctx's cause. Any other
 // Redis error (refused connection, auth, no answer within CommandTimeout,
 // ...) is returned at once, wrapped, since retrying it would only use up the
@@ -168,56 +285,110 @@ func (l *Locker) Acquire(ctx context.Context, key string) (held context.Context,
 	if ctx.Err() != nil {
 		return nil, nil, timeoutErr(ctx, key, nil)
 	}
-	rkey := l.opts.Prefix + key
 	token := newToken()
-
-	var wait *time.Timer
 	for {
-		start := time.Now()
-		cctx, cancel := context.WithTimeout(ctx, l.opts.CommandTimeout)
-		got, err := acquireScript.Run(cctx, l.client, []string{rkey}, token, l.ttlMS).Int()
-		cancel()
-		if err == nil && got == 1 {
-			if wait != nil {
-				wait.Stop()
-			}
-			return l.hold(ctx, key, rkey, token, start)
+		// Watch before trying: a release landing between a failed try and
+		// the wait still wakes us.
+		woken := l.watch(l.opts.Prefix + key)
+		held, release, err := l.try(ctx, key, token)
+		if !errors.Is(err, consent.ErrLockBusy) {
+			l.unwatch(l.opts.Prefix+key, woken)
+			return held, release, err
 		}
-		if err != nil {
-			if wait != nil {
-				wait.Stop()
-			}
-			if isTimeout(err) {
-				// We stopped waiting for the answer, but the SET may
-				// still have landed: free it if it did, so this call's
-				// retry does not wait out a TTL. Off the caller's
-				// already spent budget.
-				go l.del(context.WithoutCancel(ctx), key, rkey, token)
-			}
-			if ctx.Err() != nil {
-				return nil, nil, timeoutErr(ctx, key, err)
-			}
-			if isTimeout(err) {
-				// Not the caller's deadline: keep errors.Is(err,
-				// context.DeadlineExceeded) meaning theirs only.
-				return nil, nil, fmt.Errorf("redislock: acquire %q: Redis unreachable or not answering within %v: %v", key, l.opts.CommandTimeout, err)
-			}
-			return nil, nil, fmt.Errorf("redislock: acquire %q: %w", key, err)
-		}
-
-		d := jitter(l.opts.RetryInterval)
-		if wait == nil {
-			wait = time.NewTimer(d)
-		} else {
-			wait.Reset(d)
-		}
-		select {
-		case <-ctx.Done():
-			wait.Stop()
-			return nil, nil, timeoutErr(ctx, key, nil)
-		case <-wait.C:
+		if err := l.await(ctx, key, woken); err != nil {
+			return nil, nil, err
 		}
 	}
+}
+
+// TryAcquire takes key if it is free, else returns an error wrapping
+// consent.ErrLockBusy after one round trip. Other errors are Acquire's.
+func (l *Locker) TryAcquire(ctx context.Context, key string) (held context.Context, release func(), err error) {
+	if ctx.Err() != nil {
+		return nil, nil, timeoutErr(ctx, key, nil)
+	}
+	return l.try(ctx, key, newToken())
+}
+
+// Wait blocks until key is free in Redis (released, or its lease lapsed)
+// or ctx ends, woken by the holder's release message and checking every
+// WakeupPoll (RetryInterval until the subscription is up) for a release it
+// could not hear.
+func (l *Locker) Wait(ctx context.Context, key string) error {
+	rkey := l.opts.Prefix + key
+	for {
+		if ctx.Err() != nil {
+			return timeoutErr(ctx, key, nil)
+		}
+		woken := l.watch(rkey)
+		cctx, cancel := context.WithTimeout(ctx, l.opts.CommandTimeout)
+		n, err := l.client.Exists(cctx, rkey).Result()
+		cancel()
+		if err != nil {
+			l.unwatch(rkey, woken)
+			if ctx.Err() != nil {
+				return timeoutErr(ctx, key, err)
+			}
+			return fmt.Errorf("redislock: wait %q: %w", key, err)
+		}
+		if n == 0 {
+			l.unwatch(rkey, woken)
+			return nil
+		}
+		if err := l.await(ctx, key, woken); err != nil {
+			return err
+		}
+	}
+}
+
+// await waits for woken (the key's release message), a fallback poll
+// interval, or ctx's end; it unwatches the key whichever comes first.
+func (l *Locker) await(ctx context.Context, key string, woken chan struct{}) error {
+	l.listen()
+	d := jitter(l.opts.RetryInterval)
+	if l.subscribed.Load() {
+		d = jitter(l.opts.WakeupPoll)
+	}
+	poll := time.NewTimer(d)
+	defer poll.Stop()
+	defer l.unwatch(l.opts.Prefix+key, woken)
+	select {
+	case <-ctx.Done():
+		return timeoutErr(ctx, key, nil)
+	case <-woken:
+	case <-poll.C:
+	}
+	return nil
+}
+
+// try makes one attempt to take key for token.
+func (l *Locker) try(ctx context.Context, key, token string) (context.Context, func(), error) {
+	rkey := l.opts.Prefix + key
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, l.opts.CommandTimeout)
+	got, err := acquireScript.Run(cctx, l.client, []string{rkey}, token, l.ttlMS).Int()
+	cancel()
+	switch {
+	case err == nil && got == 1:
+		return l.hold(ctx, key, rkey, token, start)
+	case err == nil:
+		return nil, nil, fmt.Errorf("redislock: %q: %w", key, consent.ErrLockBusy)
+	}
+	if isTimeout(err) {
+		// We stopped waiting for the answer, but the SET may still have
+		// landed: free it if it did, so this call's retry does not wait
+		// out a TTL. Off the caller's already spent budget.
+		go l.del(context.WithoutCancel(ctx), key, rkey, token)
+	}
+	if ctx.Err() != nil {
+		return nil, nil, timeoutErr(ctx, key, err)
+	}
+	if isTimeout(err) {
+		// Not the caller's deadline: keep errors.Is(err,
+		// context.DeadlineExceeded) meaning theirs only.
+		return nil, nil, fmt.Errorf("redislock: acquire %q: Redis unreachable or not answering within %v: %v", key, l.opts.CommandTimeout, err)
+	}
+	return nil, nil, fmt.Errorf("redislock: acquire %q: %w", key, err)
 }
 
 // holder is one acquisition of a lock.
@@ -383,7 +554,7 @@ func (l *Locker) delRetry(ctx context.Context, key, rkey, token string, until ti
 func (l *Locker) delOnce(ctx context.Context, rkey, token string) error {
 	ctx, cancel := context.WithTimeout(ctx, l.opts.CommandTimeout)
 	defer cancel()
-	return releaseScript.Run(ctx, l.client, []string{rkey}, token).Err()
+	return releaseScript.Run(ctx, l.client, []string{rkey}, token, l.releasedChannel).Err()
 }
 
 // isTimeout reports whether err means we gave up waiting for Redis (so a

@@ -485,3 +485,93 @@ func TestAcquireIsIdempotentPerToken(t *testing.T) {
 		t.Errorf("PTTL = %v, want the lock's TTL", pttl)
 	}
 }
+
+// A waiter on another instance is woken by the holder's release message, not
+// by its fallback poll: with the poll set to a minute, Acquire and Wait still
+// return promptly after release.
+func TestReleaseWakesWaitersOnOtherInstances(t *testing.T) {
+	e := newEnv(t)
+	holder := e.locker(Options{})
+	waiter := e.locker(Options{RetryInterval: time.Minute, WakeupPoll: time.Minute})
+	t.Cleanup(func() { _ = waiter.Close() })
+
+	// Bring the waiter's subscription up before measuring: until it is
+	// confirmed a waiter polls at RetryInterval.
+	waiter.listen()
+	deadline := time.Now().Add(5 * time.Second)
+	for !waiter.subscribed.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("release subscription never came up")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, release := mustAcquire(t, holder, ctx, "call:a")
+	if _, _, err := waiter.TryAcquire(ctx, "call:a"); !errors.Is(err, consent.ErrLockBusy) {
+		t.Fatalf("TryAcquire on a held key: %v, want ErrLockBusy", err)
+	}
+
+	waited := make(chan error, 1)
+	go func() { waited <- waiter.Wait(ctx, "call:a") }()
+	acquired := make(chan error, 1)
+	go func() {
+		_, rel, err := waiter.Acquire(ctx, "call:a")
+		if err == nil {
+			rel()
+		}
+		acquired <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-waited:
+		t.Fatalf("Wait returned while the lock was held: %v", err)
+	default:
+	}
+	released := time.Now()
+	release()
+	for _, ch := range []chan error{waited, acquired} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("waiter not woken by the release (fallback poll is a minute)")
+		}
+	}
+	t.Logf("woken %v after release", time.Since(released).Round(time.Millisecond))
+}
+
+// Wait on a free key returns at once; on a key whose holder died it returns
+// once the lease lapses, found by the fallback poll.
+func TestWaitFreeAndLapsed(t *testing.T) {
+	e := newEnv(t)
+	l := e.locker(Options{WakeupPoll: 20 * time.Millisecond, RetryInterval: 20 * time.Millisecond})
+	t.Cleanup(func() { _ = l.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.Wait(ctx, "free"); err != nil {
+		t.Fatal(err)
+	}
+	// A dead holder: the key set directly, with a short lease, never released.
+	if err := e.admin.Set(ctx, e.prefix+"dead", "someone", 200*time.Millisecond).Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := l.Wait(ctx, "dead"); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Fatalf("Wait returned after %v, before the dead holder's lease lapsed", took)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancelShort()
+	if err := e.admin.Set(ctx, e.prefix+"held", "someone", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Wait(short, "held"); !errors.Is(err, consent.ErrLockTimeout) {
+		t.Fatalf("Wait past ctx: %v, want ErrLockTimeout", err)
+	}
+}

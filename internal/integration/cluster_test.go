@@ -192,6 +192,7 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 		c.instances = append(c.instances, in)
 		t.Cleanup(func() {
 			in.srv.Close()
+			_ = locker.Close()
 			_ = in.redis.Close()
 			_ = in.store.Close()
 		})

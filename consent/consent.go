@@ -100,6 +100,17 @@ type Record struct {
 	DecidedAt time.Time
 }
 
+// StartedCall is a call that reached /voice/incoming, kept so that a call
+// whose status callback was lost can still be closed as no_response. Script
+// is the disclosure the caller is hearing (updated when they choose another
+// language). From and To are sealed.
+type StartedCall struct {
+	CallSID   string
+	Script    ScriptRef
+	From, To  Sealed
+	StartedAt time.Time
+}
+
 var (
 	// ErrNotFound is returned by Store.Get when no record exists.
 	ErrNotFound = errors.New("consent: record not found")
@@ -127,6 +138,12 @@ type Store interface {
 	// every instance sees the same value). Used for the patient_ref
 	// pseudonym key, which must outlive encryption-key rotation.
 	Secret(ctx context.Context, name string, generate func() (Sealed, error)) (Sealed, error)
+	// CallStarted stores c, or updates the script of the call already
+	// stored under c.CallSID (the caller chose another language).
+	CallStarted(ctx context.Context, c StartedCall) error
+	// Unsettled returns up to limit calls started before startedBefore
+	// that have no consent record, oldest first.
+	Unsettled(ctx context.Context, startedBefore time.Time, limit int) ([]StartedCall, error)
 	// Ping reports whether the store is reachable (for /readyz).
 	Ping(ctx context.Context) error
 	Close() error

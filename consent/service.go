@@ -22,8 +22,9 @@ type Config struct {
 	Locker Locker
 	// Threshold is the minimum recognizer confidence for speech to decide.
 	Threshold float64
-	// Seal encrypts one PHI value for storage.
+	// Seal encrypts one PHI value for storage; Open decrypts one.
 	Seal func(plaintext string) (Sealed, error)
+	Open func(Sealed) (string, error)
 	// PatientRef pseudonymizes the caller's number.
 	PatientRef func(number string) string
 	// Now defaults to time.Now.
@@ -46,8 +47,8 @@ type Service struct {
 // NewService returns a Service; it panics on a missing dependency, which is
 // a programming error, not bad input.
 func NewService(cfg Config) *Service {
-	if cfg.Store == nil || cfg.Locker == nil || cfg.Seal == nil || cfg.PatientRef == nil {
-		panic("consent: NewService needs Store, Locker, Seal and PatientRef")
+	if cfg.Store == nil || cfg.Locker == nil || cfg.Seal == nil || cfg.Open == nil || cfg.PatientRef == nil {
+		panic("consent: NewService needs Store, Locker, Seal, Open and PatientRef")
 	}
 	if cfg.Threshold <= 0 {
 		cfg.Threshold = DefaultThreshold
@@ -139,6 +140,43 @@ func (s *Service) Decide(ctx context.Context, a Answer) (Outcome, error) {
 	}
 	out.Recorded, out.Created, out.Record = true, created, rec
 	return out, nil
+}
+
+// CallStarted remembers that call reached the disclosure, and which script
+// it hears, so that it can be closed as no_response even if its status
+// callback is lost (see Unsettled). Calling it again for the same call
+// updates the script (the caller chose another language).
+func (s *Service) CallStarted(ctx context.Context, c Call) error {
+	sc := StartedCall{CallSID: c.CallSID, Script: c.Script, StartedAt: s.cfg.Now().UTC()}
+	var err error
+	if sc.From, err = s.cfg.Seal(c.From); err != nil {
+		return fmt.Errorf("sealing started call: %w", err)
+	}
+	if sc.To, err = s.cfg.Seal(c.To); err != nil {
+		return fmt.Errorf("sealing started call: %w", err)
+	}
+	return s.cfg.Store.CallStarted(ctx, sc)
+}
+
+// Unsettled returns up to limit calls that started before startedBefore and
+// have no decision, with their numbers decrypted for RecordNoResponse.
+func (s *Service) Unsettled(ctx context.Context, startedBefore time.Time, limit int) ([]Call, error) {
+	started, err := s.cfg.Store.Unsettled(ctx, startedBefore, limit)
+	if err != nil {
+		return nil, err
+	}
+	calls := make([]Call, 0, len(started))
+	for _, sc := range started {
+		c := Call{CallSID: sc.CallSID, Script: sc.Script}
+		if c.From, err = s.cfg.Open(sc.From); err != nil {
+			return nil, fmt.Errorf("opening started call %s: %w", sc.CallSID, err)
+		}
+		if c.To, err = s.cfg.Open(sc.To); err != nil {
+			return nil, fmt.Errorf("opening started call %s: %w", sc.CallSID, err)
+		}
+		calls = append(calls, c)
+	}
+	return calls, nil
 }
 
 // RecordNoResponse records that the call ended, or the caller ran out of

@@ -60,7 +60,8 @@ func newHarness(t testing.TB, dir string) *harness {
 	h := &harness{t: t, dir: dir, store: store, keys: keys, clock: &clock{now: time.Unix(1_800_000_000, 0)}, lib: twiml.Builtin()}
 	svc := consent.NewService(consent.Config{
 		Store: store, Locker: memlock.New(), Threshold: consent.DefaultThreshold,
-		Seal: keys.Seal, PatientRef: pseudonyms.Ref, Now: h.clock.Now,
+		Seal: keys.Seal,
+		Open: keys.Open, PatientRef: pseudonyms.Ref, Now: h.clock.Now,
 	})
 	h.srv = httptest.NewServer(ivr.New(ivr.Config{
 		PublicBaseURL: publicBase, AuthToken: authToken, Scripts: h.lib, Consent: svc,

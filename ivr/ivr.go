@@ -51,7 +51,11 @@ type Config struct {
 	// CallCompleted, when set, is told of every finished call (the relay's
 	// call.completed event). Its error is logged; Twilio is answered anyway.
 	CallCompleted func(ctx context.Context, c CallStatus) error
-	Logger        *slog.Logger
+	// FetchCallStatus asks Twilio for a call's status and duration (its
+	// REST API's Fetch Call; see TwilioCallStatus). SweepEnded uses it to
+	// close calls whose status callback was lost.
+	FetchCallStatus func(ctx context.Context, callSID string) (status string, duration time.Duration, err error)
+	Logger          *slog.Logger
 	// DecisionTimeout bounds the work behind one webhook (default 1 s).
 	DecisionTimeout time.Duration
 	// AnswerDeadline bounds the answer (default 1.5 s, well inside Twilio's
@@ -104,7 +108,7 @@ func New(cfg Config) *Server {
 		cfg.AnswerDeadline = 1500 * time.Millisecond
 	}
 	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 256
+		cfg.MaxInFlight = 32
 	}
 	if cfg.AdmitWait <= 0 {
 		cfg.AdmitWait = cfg.DecisionTimeout / 2
@@ -180,7 +184,28 @@ func (s *Server) incoming(w http.ResponseWriter, r *http.Request) {
 	// key, not when this TwiML is served.
 	started := s.cfg.Now().Add(time.Duration(s.cfg.Scripts.GreetingMS(script)) * time.Millisecond)
 	st := flowState{Language: script.Language, Started: started}
+	s.remember(s.call(r, script))
 	s.writeTwiML(w, r)(twiml.Incoming(s.cfg.Scripts, script, s.url(PathLanguage, st), s.gatherURLs(st)))
+}
+
+// rememberTimeout bounds remembering a started call.
+const rememberTimeout = 5 * time.Second
+
+// remember stores that call started (or switched script) so that the sweep
+// can close it if its status callback is lost. It runs after the answer, not
+// before: the caller hears the disclosure whatever the database is doing,
+// and a call that could not be remembered still gets its no_response from
+// the status callback in the usual case.
+func (s *Server) remember(call consent.Call) {
+	s.detached.Add(1)
+	go func() {
+		defer s.detached.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), rememberTimeout)
+		defer cancel()
+		if err := s.cfg.Consent.CallStarted(ctx, call); err != nil {
+			s.cfg.Logger.Warn("started call not remembered; only its status callback can close it", "call_sid", call.CallSID, "error", err)
+		}
+	}()
 }
 
 // language switches the call to the script the pressed key chooses.
@@ -188,6 +213,8 @@ func (s *Server) language(w http.ResponseWriter, r *http.Request) {
 	script, ok := s.cfg.Scripts.ByLanguageKey(r.PostForm.Get("Digits"))
 	if !ok {
 		script = s.cfg.Scripts.Default()
+	} else {
+		s.remember(s.call(r, script))
 	}
 	s.disclosure(w, r, script)
 }
@@ -208,6 +235,7 @@ func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 	if other, ok := s.cfg.Scripts.ByLanguageKey(digits); ok && other != script && st.Attempt == 0 {
 		// The language key pressed during the disclosure: start it over in
 		// the chosen language rather than reading it as an answer.
+		s.remember(s.call(r, other))
 		s.disclosure(w, r, other)
 		return
 	}
@@ -337,41 +365,89 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	form := r.PostForm
 	callStatus := form.Get("CallStatus")
-	switch callStatus {
-	case "completed", "busy", "failed", "no-answer", "canceled":
-	default:
+	if !callEnded(callStatus) {
 		w.WriteHeader(http.StatusNoContent)
 		return // ringing, in-progress: nothing has ended yet
 	}
-	script := s.cfg.Scripts.Default()
-	call := s.call(r, script)
+	call := s.call(r, s.cfg.Scripts.Default())
 	secs, _ := strconv.Atoi(form.Get("CallDuration"))
 	_, err := within(s, r, func(ctx context.Context) (struct{}, error) {
-		rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, call, consent.SourceStatusCallback, 0)
-		if err != nil {
-			return struct{}{}, fmt.Errorf("recording no_response: %w", err)
-		}
-		if created {
-			s.cfg.Logger.Info("call ended without a decision", "call_sid", call.CallSID, "decision", rec.Decision)
-		}
-		if s.cfg.CallCompleted == nil {
-			return struct{}{}, nil
-		}
-		cs := CallStatus{CallSID: call.CallSID, Status: callStatus, From: call.From, To: call.To,
-			Duration: time.Duration(secs) * time.Second, Script: rec.Script}
-		if err := s.cfg.CallCompleted(ctx, cs); err != nil {
-			return struct{}{}, fmt.Errorf("relaying call.completed: %w", err)
-		}
-		return struct{}{}, nil
+		return struct{}{}, s.closeCall(ctx, call, callStatus, time.Duration(secs)*time.Second)
 	})
 	if err != nil {
 		// A 5xx tells Twilio (and its debugger) the callback was not taken.
+		// Twilio does not retry it: SweepEnded finds the call later.
 		s.cfg.Logger.Error("status callback not recorded", "call_sid", call.CallSID, "error", err)
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
+
+// callEnded reports whether a Twilio CallStatus is final.
+func callEnded(status string) bool {
+	switch status {
+	case "completed", "busy", "failed", "no-answer", "canceled":
+		return true
+	}
+	return false
+}
+
+// closeCall records no_response for a call that ended without a decision
+// (nothing when it has one) and relays call.completed.
+func (s *Server) closeCall(ctx context.Context, call consent.Call, status string, duration time.Duration) error {
+	rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, call, consent.SourceStatusCallback, 0)
+	if err != nil {
+		return fmt.Errorf("recording no_response: %w", err)
+	}
+	if created {
+		s.cfg.Logger.Info("call ended without a decision", "call_sid", call.CallSID, "decision", rec.Decision)
+	}
+	if s.cfg.CallCompleted == nil {
+		return nil
+	}
+	cs := CallStatus{CallSID: call.CallSID, Status: status, From: call.From, To: call.To, Duration: duration, Script: rec.Script}
+	if err := s.cfg.CallCompleted(ctx, cs); err != nil {
+		return fmt.Errorf("relaying call.completed: %w", err)
+	}
+	return nil
+}
+
+// SweepEnded closes the calls that started before startedBefore, have no
+// decision, and have ended according to Twilio: the calls whose status
+// callback was lost (the database or Redis was down when it came, and
+// Twilio does not retry a status callback). Calls still in progress are
+// left for a later sweep. It returns how many calls it closed; an error
+// from one call is logged and the sweep goes on.
+func (s *Server) SweepEnded(ctx context.Context, startedBefore time.Time) (int, error) {
+	if s.cfg.FetchCallStatus == nil {
+		return 0, errors.New("ivr: sweep needs FetchCallStatus")
+	}
+	calls, err := s.cfg.Consent.Unsettled(ctx, startedBefore, sweepBatch)
+	if err != nil {
+		return 0, fmt.Errorf("ivr: sweep: %w", err)
+	}
+	closed := 0
+	for _, call := range calls {
+		status, duration, err := s.cfg.FetchCallStatus(ctx, call.CallSID)
+		if err != nil {
+			s.cfg.Logger.Warn("sweep: fetching call status", "call_sid", call.CallSID, "error", err)
+			continue
+		}
+		if !callEnded(status) {
+			continue
+		}
+		if err := s.closeCall(ctx, call, status, duration); err != nil {
+			s.cfg.Logger.Error("sweep: closing ended call", "call_sid", call.CallSID, "error", err)
+			continue
+		}
+		closed++
+	}
+	return closed, nil
+}
+
+// sweepBatch bounds the calls one sweep asks Twilio about.
+const sweepBatch = 100
 
 // requireCallSID refuses a (signed) voice callback that names no call:
 // nothing can be recorded against it.

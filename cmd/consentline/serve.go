@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	twilioclient "github.com/twilio/twilio-go/client"
+	twilioapi "github.com/twilio/twilio-go/rest/api/v2010"
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/memlock"
@@ -73,6 +75,13 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
+	sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSweep()
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		app.Sweep(sweepCtx, sweepInterval, sweepGrace)
+	}()
 	log.Info("consentline serving", "port", s.Port, "database", b.kind, "lock", b.lockKind,
 		"public_base_url", s.PublicBaseURL, "relay_to_zapier", rel.Delivering())
 
@@ -92,7 +101,9 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	}
 	// Webhooks answered with a hold may have left decision work running;
 	// it must commit (or fail) before the deferred closes of the relay and
-	// the stores run.
+	// the stores run. The sweep stops first.
+	stopSweep()
+	<-sweepDone
 	if err := app.Drain(shutdownCtx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
@@ -116,6 +127,7 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 		Locker:     b.locker,
 		Threshold:  s.Threshold,
 		Seal:       s.Keys.Seal,
+		Open:       s.Keys.Open,
 		PatientRef: pseudonyms.Ref,
 	})
 	return ivr.Config{
@@ -128,9 +140,27 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 			_, _, err := rel.RecordCallCompleted(ctx, relay.CallCompleted{CallSID: c.CallSID, From: c.From, To: c.To, At: time.Now()})
 			return err
 		},
-		Logger: log,
+		FetchCallStatus: ivr.TwilioCallStatus(twilioAPI(s.AccountSID, s.AuthToken)),
+		Logger:          log,
 	}, rel, nil
 }
+
+// twilioAPI is twilio-go's REST client for the account (Fetch Call, for
+// the sweep of calls whose status callback was lost).
+func twilioAPI(accountSID, authToken string) *twilioapi.ApiService {
+	c := &twilioclient.Client{Credentials: twilioclient.NewCredentials(accountSID, authToken)}
+	c.SetAccountSid(accountSID)
+	return twilioapi.NewApiServiceWithClient(c)
+}
+
+// The sweep of calls without a status callback: how often, and how long
+// after a call started it may be swept (a status callback comes seconds
+// after the hang-up; the sweep asks Twilio whether a call has ended, so a
+// long call is only swept after it ends).
+const (
+	sweepInterval = time.Minute
+	sweepGrace    = 2 * time.Minute
+)
 
 // newRelay builds the relay from the settings: audit always, Zapier
 // delivery when ZAPIER_WEBHOOK_URL is set.

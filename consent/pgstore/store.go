@@ -242,6 +242,43 @@ func (s *Store) secret(ctx context.Context, name string) (consent.Sealed, error)
 	return consent.Sealed(v), err
 }
 
+// CallStarted implements consent.Store.
+func (s *Store) CallStarted(ctx context.Context, c consent.StartedCall) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO started_calls
+    (call_sid, script_id, script_version, script_language, script_sha256, from_sealed, to_sealed, started_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (call_sid) DO UPDATE SET script_id = excluded.script_id, script_version = excluded.script_version,
+    script_language = excluded.script_language, script_sha256 = excluded.script_sha256`,
+		c.CallSID, c.Script.ID, c.Script.Version, c.Script.Language, c.Script.SHA256, string(c.From), string(c.To), c.StartedAt)
+	if err != nil {
+		return fmt.Errorf("pgstore: call started %s: %w", c.CallSID, ctxCause(ctx, err))
+	}
+	return nil
+}
+
+// Unsettled implements consent.Store.
+func (s *Store) Unsettled(ctx context.Context, startedBefore time.Time, limit int) ([]consent.StartedCall, error) {
+	rows, err := s.pool.Query(ctx, `SELECT c.call_sid, c.script_id, c.script_version, c.script_language, c.script_sha256,
+    c.from_sealed, c.to_sealed, c.started_at
+FROM started_calls c
+WHERE c.started_at < $1 AND NOT EXISTS (SELECT 1 FROM consent_records r WHERE r.call_sid = c.call_sid)
+ORDER BY c.started_at LIMIT $2`, startedBefore, limit)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: unsettled calls: %w", ctxCause(ctx, err))
+	}
+	calls, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (consent.StartedCall, error) {
+		var c consent.StartedCall
+		var from, to string
+		err := row.Scan(&c.CallSID, &c.Script.ID, &c.Script.Version, &c.Script.Language, &c.Script.SHA256, &from, &to, &c.StartedAt)
+		c.From, c.To, c.StartedAt = consent.Sealed(from), consent.Sealed(to), c.StartedAt.UTC()
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: unsettled calls: %w", ctxCause(ctx, err))
+	}
+	return calls, nil
+}
+
 // Ping reports whether the server answers.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.pool.Ping(ctx); err != nil {

@@ -319,6 +319,50 @@ func (s *Store) secret(ctx context.Context, name string) (consent.Sealed, error)
 	return consent.Sealed(v), err
 }
 
+// CallStarted implements consent.Store.
+func (s *Store) CallStarted(ctx context.Context, c consent.StartedCall) error {
+	_, err := s.write.ExecContext(ctx, `INSERT INTO started_calls
+    (call_sid, script_id, script_version, script_language, script_sha256, from_sealed, to_sealed, started_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (call_sid) DO UPDATE SET script_id = excluded.script_id, script_version = excluded.script_version,
+    script_language = excluded.script_language, script_sha256 = excluded.script_sha256`,
+		c.CallSID, c.Script.ID, c.Script.Version, c.Script.Language, c.Script.SHA256, string(c.From), string(c.To), formatTime(c.StartedAt))
+	if err != nil {
+		return fmt.Errorf("sqlitestore: call started %s: %w", c.CallSID, ctxCause(ctx, err))
+	}
+	return nil
+}
+
+// Unsettled implements consent.Store.
+func (s *Store) Unsettled(ctx context.Context, startedBefore time.Time, limit int) ([]consent.StartedCall, error) {
+	rows, err := s.read.QueryContext(ctx, `SELECT c.call_sid, c.script_id, c.script_version, c.script_language, c.script_sha256,
+    c.from_sealed, c.to_sealed, c.started_at
+FROM started_calls c
+WHERE c.started_at < ? AND NOT EXISTS (SELECT 1 FROM consent_records r WHERE r.call_sid = c.call_sid)
+ORDER BY c.started_at LIMIT ?`, formatTime(startedBefore), limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: unsettled calls: %w", ctxCause(ctx, err))
+	}
+	defer rows.Close()
+	var calls []consent.StartedCall
+	for rows.Next() {
+		var c consent.StartedCall
+		var from, to, started string
+		if err := rows.Scan(&c.CallSID, &c.Script.ID, &c.Script.Version, &c.Script.Language, &c.Script.SHA256, &from, &to, &started); err != nil {
+			return nil, fmt.Errorf("sqlitestore: unsettled calls: %w", err)
+		}
+		c.From, c.To = consent.Sealed(from), consent.Sealed(to)
+		if c.StartedAt, err = parseTime(started); err != nil {
+			return nil, fmt.Errorf("sqlitestore: unsettled calls: %w", err)
+		}
+		calls = append(calls, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: unsettled calls: %w", ctxCause(ctx, err))
+	}
+	return calls, nil
+}
+
 // Ping reports whether the database file can be read. It uses a reader, so a
 // long write does not make the instance look unready.
 func (s *Store) Ping(ctx context.Context) error {

@@ -36,6 +36,7 @@ func Run(t *testing.T, open func(t *testing.T) consent.Store) {
 	t.Run("SecretFirstWriterWins", func(t *testing.T) { testSecret(t, open(t)) })
 	t.Run("SecretGenerateError", func(t *testing.T) { testSecretGenerateError(t, open(t)) })
 	t.Run("ContextEnded", func(t *testing.T) { testContextEnded(t, open(t)) })
+	t.Run("UnsettledCalls", func(t *testing.T) { testUnsettled(t, open(t)) })
 	t.Run("Ping", func(t *testing.T) {
 		if err := open(t).Ping(context.Background()); err != nil {
 			t.Fatalf("Ping: %v", err)
@@ -454,5 +455,56 @@ func testContextEnded(t *testing.T, s consent.Store) {
 		if _, err := s.Get(ctxT(t), rec.CallSID, rec.Script.ID); !errors.Is(err, consent.ErrNotFound) {
 			t.Errorf("Record with a %s context left a record (Get err = %v)", c.name, err)
 		}
+	}
+}
+
+// A started call is unsettled until it has a record; a language change
+// updates its script; only calls started before the cut-off are listed,
+// oldest first, with their sealed numbers intact.
+func testUnsettled(t *testing.T, s consent.Store) {
+	ctx := ctxT(t)
+	base := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC) // earlier than any other subtest's calls
+	en := consent.ScriptRef{ID: "hipaa", Version: "1", Language: "en-US", SHA256: strings.Repeat("a", 64)}
+	es := consent.ScriptRef{ID: "hipaa-es", Version: "1", Language: "es-US", SHA256: strings.Repeat("b", 64)}
+	older, newer, decided, late := CallSID(), CallSID(), CallSID(), CallSID()
+	for i, sid := range []string{older, newer, decided, late} {
+		c := consent.StartedCall{CallSID: sid, Script: en, From: Sealed("from"), To: Sealed("to"),
+			StartedAt: base.Add(time.Duration(i) * time.Minute)}
+		if sid == late {
+			c.StartedAt = base.Add(time.Hour)
+		}
+		if err := s.CallStarted(ctx, c); err != nil {
+			t.Fatalf("CallStarted: %v", err)
+		}
+	}
+	// The caller of newer chose Spanish: the same call, its script updated,
+	// its start time kept.
+	if err := s.CallStarted(ctx, consent.StartedCall{CallSID: newer, Script: es, StartedAt: base.Add(30 * time.Minute)}); err != nil {
+		t.Fatalf("CallStarted (language change): %v", err)
+	}
+	mustRecord(t, s, NewRecord(decided, en.ID))
+
+	got, err := s.Unsettled(ctx, base.Add(10*time.Minute), 1000)
+	if err != nil {
+		t.Fatalf("Unsettled: %v", err)
+	}
+	var mine []consent.StartedCall
+	for _, c := range got {
+		switch c.CallSID {
+		case older, newer, decided, late:
+			mine = append(mine, c)
+		}
+	}
+	if len(mine) != 2 || mine[0].CallSID != older || mine[1].CallSID != newer {
+		t.Fatalf("Unsettled = %+v, want %s then %s", mine, older, newer)
+	}
+	if mine[1].Script != es || !mine[1].StartedAt.Equal(base.Add(time.Minute)) || mine[1].StartedAt.Location() != time.UTC {
+		t.Errorf("language change: %+v, want the es script and the first start time in UTC", mine[1])
+	}
+	if mine[0].From == "" || mine[0].To == "" || mine[0].Script != en {
+		t.Errorf("older call = %+v, want its sealed numbers and the en script", mine[0])
+	}
+	if limited, err := s.Unsettled(ctx, base.Add(10*time.Minute), 1); err != nil || len(limited) != 1 {
+		t.Errorf("Unsettled with limit 1: %d calls, %v", len(limited), err)
 	}
 }

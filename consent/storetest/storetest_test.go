@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,10 +20,47 @@ type memStore struct {
 	mu      sync.Mutex
 	recs    map[[2]string]consent.Record
 	secrets map[string]consent.Sealed
+	started map[string]consent.StartedCall
 }
 
 func newMemStore() *memStore {
-	return &memStore{recs: map[[2]string]consent.Record{}, secrets: map[string]consent.Sealed{}}
+	return &memStore{recs: map[[2]string]consent.Record{}, secrets: map[string]consent.Sealed{}, started: map[string]consent.StartedCall{}}
+}
+
+func (m *memStore) CallStarted(ctx context.Context, c consent.StartedCall) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old, ok := m.started[c.CallSID]; ok {
+		old.Script = c.Script
+		m.started[c.CallSID] = old
+		return nil
+	}
+	c.StartedAt = c.StartedAt.UTC()
+	m.started[c.CallSID] = c
+	return nil
+}
+
+func (m *memStore) Unsettled(ctx context.Context, before time.Time, limit int) ([]consent.StartedCall, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	decided := map[string]bool{}
+	for k := range m.recs {
+		decided[k[0]] = true
+	}
+	var out []consent.StartedCall
+	for _, c := range m.started {
+		if c.StartedAt.Before(before) && !decided[c.CallSID] {
+			out = append(out, c)
+		}
+	}
+	slices.SortFunc(out, func(a, b consent.StartedCall) int { return a.StartedAt.Compare(b.StartedAt) })
+	return out[:min(limit, len(out))], nil
 }
 
 func sealedShape(s consent.Sealed) bool {

@@ -36,10 +36,15 @@ import (
 // load balancer); each really listens on its own 127.0.0.1 port.
 const (
 	publicBase = "https://consent.example.com"
-	authToken  = "integration-auth-token-0123456789"
+	authToken  = "0123456789abcdef0123456789abcdef" // Twilio's shape: twilio-go refuses other characters
 	accountSID = "AC0123456789abcdef0123456789abcdef"
 	// webhookBudget is the contract's bound on every webhook answer.
 	webhookBudget = 2 * time.Second
+	// answerDeadline is ivr's default AnswerDeadline; deadlineSlack allows
+	// for rendering and writing the answer after it, and for the scheduler
+	// of a loaded two-core machine.
+	answerDeadline = 1500 * time.Millisecond
+	deadlineSlack  = 100 * time.Millisecond
 )
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
@@ -81,6 +86,7 @@ type cluster struct {
 	pgProxy   *faultproxy.Proxy
 	rdProxy   *faultproxy.Proxy
 	instances []*instance
+	rest      *twilioREST // Twilio's REST API, for the sweep
 	logs      *lockedBuffer
 	http      *http.Client
 	calls     atomic.Int64
@@ -88,9 +94,10 @@ type cluster struct {
 	// Server-side handling times (from the handler's start to its end),
 	// which exclude time a request spent queued in the test's own client
 	// and the listeners' accept queues.
-	served     atomic.Int64
-	overBudget atomic.Int64
-	slowest    atomic.Int64 // nanoseconds
+	served       atomic.Int64
+	overBudget   atomic.Int64
+	overDeadline atomic.Int64
+	slowest      atomic.Int64 // nanoseconds
 }
 
 // timed records how long each request took inside the server.
@@ -102,6 +109,9 @@ func (c *cluster) timed(h http.Handler) http.Handler {
 		c.served.Add(1)
 		if took >= webhookBudget {
 			c.overBudget.Add(1)
+		}
+		if took >= answerDeadline+deadlineSlack {
+			c.overDeadline.Add(1)
 		}
 		for {
 			old := c.slowest.Load()
@@ -116,6 +126,7 @@ func (c *cluster) timed(h http.Handler) http.Handler {
 // lock, service and HTTP server.
 type instance struct {
 	idx    int
+	app    *ivr.Server
 	store  *pgstore.Store
 	redis  *redis.Client
 	srv    *httptest.Server
@@ -135,6 +146,7 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 	redisURL, prefix := testdb.Redis(t)
 
 	c := &cluster{t: t, lib: twiml.Builtin(), logs: &lockedBuffer{}}
+	c.startTwilioREST()
 	admin, err := pgxpool.New(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
@@ -187,7 +199,9 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 		if err != nil {
 			t.Fatalf("instance %d: %v", i, err)
 		}
-		in.srv = httptest.NewServer(c.timed(ivr.New(cfg)))
+		cfg.FetchCallStatus = ivr.TwilioCallStatus(c.twilioAPI())
+		in.app = ivr.New(cfg)
+		in.srv = httptest.NewServer(c.timed(in.app))
 		in.twilio = &twiliosim.Twilio{PublicBaseURL: publicBase, Target: in.srv.URL, AuthToken: authToken, AccountSID: accountSID, HTTP: c.http}
 		c.instances = append(c.instances, in)
 		t.Cleanup(func() {
@@ -211,10 +225,11 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 func (c *cluster) checkAudit(keys *pii.Keyring) {
 	ctx := context.Background()
 	var records, entries, orphans int
+	// call.completed entries (event id cc_<CallSid>) belong to no record.
 	err := c.admin.QueryRow(ctx, `SELECT
 	    (SELECT count(*) FROM consent_records),
-	    (SELECT count(*) FROM relay_audit),
-	    (SELECT count(*) FROM consent_records r FULL JOIN relay_audit a ON a.event_id = r.id
+	    (SELECT count(*) FROM relay_audit WHERE type <> 'call.completed'),
+	    (SELECT count(*) FROM consent_records r FULL JOIN (SELECT * FROM relay_audit WHERE type <> 'call.completed') a ON a.event_id = r.id
 	        WHERE (r.id IS NULL OR a.event_id IS NULL))`).Scan(&records, &entries, &orphans)
 	if err != nil {
 		c.t.Errorf("audit check: %v", err)
@@ -228,9 +243,14 @@ func (c *cluster) checkAudit(keys *pii.Keyring) {
 		c.t.Errorf("audit check: %v", err)
 		return
 	}
+	var all int64
+	if err := c.admin.QueryRow(ctx, `SELECT count(*) FROM relay_audit`).Scan(&all); err != nil {
+		c.t.Errorf("audit check: %v", err)
+		return
+	}
 	res, err := rel.VerifyAudit(ctx)
-	if err != nil || res.Entries != int64(entries) {
-		c.t.Errorf("audit chain: %d entries verified of %d: %v", res.Entries, entries, err)
+	if err != nil || res.Entries != all {
+		c.t.Errorf("audit chain: %d entries verified of %d: %v", res.Entries, all, err)
 	}
 }
 
@@ -246,15 +266,24 @@ func newApp(ctx context.Context, store consent.Store, locker consent.Locker, rea
 		Locker:     locker,
 		Threshold:  consent.DefaultThreshold,
 		Seal:       keys.Seal,
+		Open:       keys.Open,
 		PatientRef: pseudonyms.Ref,
 	})
+	rel, err := relay.NewPostgres(store.(*pgstore.Store).Pool(), relay.Config{Keyring: keys, Pseudonymizer: pseudonyms})
+	if err != nil {
+		return ivr.Config{}, err
+	}
 	return ivr.Config{
 		PublicBaseURL: publicBase,
 		AuthToken:     authToken,
 		Scripts:       lib,
 		Consent:       svc,
 		Ready:         ready,
-		Logger:        log,
+		CallCompleted: func(ctx context.Context, c ivr.CallStatus) error {
+			_, _, err := rel.RecordCallCompleted(ctx, relay.CallCompleted{CallSID: c.CallSID, From: c.From, To: c.To, At: time.Now()})
+			return err
+		},
+		Logger: log,
 	}, nil
 }
 

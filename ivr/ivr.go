@@ -409,7 +409,10 @@ func parseConfidence(v string) *float64 {
 		return nil
 	}
 	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < 0 || f > 1 {
+	// Written so NaN fails it (NaN compares false with everything): a NaN
+	// confidence reached the store, which refused the record, and the
+	// caller heard the hold line again and again. ±Inf is out of range.
+	if err != nil || !(f >= 0 && f <= 1) {
 		return nil
 	}
 	return &f

@@ -45,7 +45,8 @@ type Config struct {
 	AuthToken     string
 	Scripts       *twiml.Library
 	Consent       *consent.Service
-	// Ready reports whether dependencies are reachable, for /readyz.
+	// Ready reports whether dependencies are reachable, for /readyz; a
+	// NotReady error names the backend that is not.
 	Ready func(ctx context.Context) error
 	// CallCompleted, when set, is told of every finished call (the relay's
 	// call.completed event). Its error is logged; Twilio is answered anyway.
@@ -127,8 +128,16 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
 		if err := s.cfg.Ready(ctx); err != nil {
+			// The body names the backend and nothing more: /readyz is
+			// public, and the error's detail is for the log.
+			body := "not ready\n"
+			var nr NotReady
+			if errors.As(err, &nr) {
+				body = "not ready: " + nr.Backend + "\n"
+			}
+			s.cfg.Logger.Warn("not ready", "backend", nr.Backend, "error", err)
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
+			_, _ = w.Write([]byte(body))
 			return
 		}
 	}

@@ -45,6 +45,9 @@ type Config struct {
 	AuthToken     string
 	Scripts       *twiml.Library
 	Consent       *consent.Service
+	// AccountSID is TWILIO_ACCOUNT_SID: every webhook's AccountSid must
+	// equal it (an empty one admits no webhook).
+	AccountSID string
 	// Ready reports whether dependencies are reachable, for /readyz; a
 	// NotReady error names the backend that is not.
 	Ready func(ctx context.Context) error
@@ -99,7 +102,9 @@ func New(cfg Config) *Server {
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
 	r.Group(func(r chi.Router) {
-		r.Use(RequireTwilioSignature(s.base, cfg.AuthToken, cfg.Logger), requireCallSID)
+		// Shapes are checked after the signature: an unsigned request is
+		// refused whatever it carries, and a signed one can still be re-cut.
+		r.Use(RequireTwilioSignature(s.base, cfg.AuthToken, cfg.Logger), requireTwilioParams(cfg.AccountSID, cfg.Logger))
 		r.Post(PathIncoming, s.incoming)
 		r.Post(PathLanguage, s.language)
 		r.Post(PathGather, s.gather)
@@ -341,18 +346,6 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// requireCallSID refuses a (signed) voice callback that names no call:
-// nothing can be recorded against it.
-func requireCallSID(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.PostForm.Get("CallSid") == "" {
-			http.Error(w, "missing CallSid", http.StatusBadRequest)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 func (s *Server) readBack(w http.ResponseWriter, r *http.Request, script *twiml.Script, d consent.Decision) {

@@ -36,7 +36,7 @@ func TestReadyzNamesOnlyTheBackend(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs syncBuffer
 			srv := httptest.NewServer(ivr.New(ivr.Config{
-				PublicBaseURL: publicBase, AuthToken: authToken, Scripts: twiml.Builtin(),
+				PublicBaseURL: publicBase, AuthToken: authToken, AccountSID: accountSID, Scripts: twiml.Builtin(),
 				Ready:  func(context.Context) error { return tc.err },
 				Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 			}))

@@ -115,6 +115,7 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 	return ivr.Config{
 		PublicBaseURL: s.PublicBaseURL,
 		AuthToken:     s.AuthToken,
+		AccountSID:    s.AccountSID,
 		Scripts:       s.Scripts,
 		Consent:       svc,
 		Ready:         b.ready,

@@ -250,6 +250,7 @@ func newApp(ctx context.Context, store consent.Store, locker consent.Locker, rea
 	return ivr.Config{
 		PublicBaseURL: publicBase,
 		AuthToken:     authToken,
+		AccountSID:    accountSID,
 		Scripts:       lib,
 		Consent:       svc,
 		Ready:         ready,

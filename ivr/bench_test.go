@@ -35,7 +35,7 @@ func BenchmarkGatherDecision(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		call := &twiliosim.Call{Twilio: h.twilio, SID: fmt.Sprintf("CAbench%010d", i), From: "+14155550123", To: "+18005550199"}
+		call := &twiliosim.Call{Twilio: h.twilio, SID: fmt.Sprintf("CA%032x", i), From: "+14155550123", To: "+18005550199"}
 		params := call.Params(answers[i%len(answers)])
 		body := params.Encode()
 		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))

@@ -2,7 +2,8 @@ package ivr_test
 
 import (
 	"context"
-	"io"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"net/http/httptest"
 	"net/url"
@@ -38,6 +39,9 @@ type harness struct {
 	srv    *httptest.Server
 	twilio *twiliosim.Twilio
 	lib    *twiml.Library
+	// logs is everything the server logged, for tests that check what a
+	// log line names (and that it holds no PHI).
+	logs *syncBuffer
 }
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
@@ -57,15 +61,15 @@ func newHarness(t testing.TB, dir string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, dir: dir, store: store, keys: keys, clock: &clock{now: time.Unix(1_800_000_000, 0)}, lib: twiml.Builtin()}
+	h := &harness{t: t, dir: dir, store: store, keys: keys, clock: &clock{now: time.Unix(1_800_000_000, 0)}, lib: twiml.Builtin(), logs: &syncBuffer{}}
 	svc := consent.NewService(consent.Config{
 		Store: store, Locker: memlock.New(), Threshold: consent.DefaultThreshold,
 		Seal: keys.Seal,
 		Open: keys.Open, PatientRef: pseudonyms.Ref, Now: h.clock.Now,
 	})
 	h.srv = httptest.NewServer(ivr.New(ivr.Config{
-		PublicBaseURL: publicBase, AuthToken: authToken, Scripts: h.lib, Consent: svc,
-		Ready: store.Ping, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: h.clock.Now,
+		PublicBaseURL: publicBase, AuthToken: authToken, AccountSID: accountSID, Scripts: h.lib, Consent: svc,
+		Ready: store.Ping, Logger: slog.New(slog.NewTextHandler(h.logs, nil)), Now: h.clock.Now,
 	}))
 	h.twilio = &twiliosim.Twilio{PublicBaseURL: publicBase, Target: h.srv.URL, AuthToken: authToken, AccountSID: accountSID, HTTP: h.srv.Client()}
 	t.Cleanup(h.close)
@@ -77,8 +81,17 @@ func (h *harness) close() {
 	_ = h.store.Close()
 }
 
-func (h *harness) call(sid string) *twiliosim.Call {
-	return &twiliosim.Call{Twilio: h.twilio, SID: sid, From: "+14155550123", To: "+18005550199"}
+// call is a new simulated call. Tests name calls for readability; the
+// server refuses any CallSid but Twilio's shape (CA + 32 hex), so the SID is
+// derived from the name: the same name, the same call.
+func (h *harness) call(name string) *twiliosim.Call {
+	return &twiliosim.Call{Twilio: h.twilio, SID: callSID(name), From: "+14155550123", To: "+18005550199"}
+}
+
+// callSID is a Twilio-shaped call SID standing for name.
+func callSID(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return "CA" + hex.EncodeToString(sum[:16])
 }
 
 // start posts the incoming webhook and returns the speech Gather.

@@ -46,7 +46,11 @@ type Config struct {
 	AuthToken     string
 	Scripts       *twiml.Library
 	Consent       *consent.Service
-	// Ready reports whether dependencies are reachable, for /readyz.
+	// AccountSID is TWILIO_ACCOUNT_SID: every webhook's AccountSid must
+	// equal it (an empty one admits no webhook).
+	AccountSID string
+	// Ready reports whether dependencies are reachable, for /readyz; a
+	// NotReady error names the backend that is not.
 	Ready func(ctx context.Context) error
 	// CallCompleted, when set, is told of every finished call (the relay's
 	// call.completed event). Its error is logged; Twilio is answered anyway.
@@ -122,7 +126,9 @@ func New(cfg Config) *Server {
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
 	r.Group(func(r chi.Router) {
-		r.Use(RequireTwilioSignature(s.base, cfg.AuthToken, cfg.Logger), requireCallSID)
+		// Shapes are checked after the signature: an unsigned request is
+		// refused whatever it carries, and a signed one can still be re-cut.
+		r.Use(RequireTwilioSignature(s.base, cfg.AuthToken, cfg.Logger), requireTwilioParams(cfg.AccountSID, cfg.Logger))
 		r.Post(PathIncoming, s.incoming)
 		r.Post(PathLanguage, s.language)
 		r.Post(PathGather, s.gather)
@@ -168,8 +174,16 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
 		if err := s.cfg.Ready(ctx); err != nil {
+			// The body names the backend and nothing more: /readyz is
+			// public, and the error's detail is for the log.
+			body := "not ready\n"
+			var nr NotReady
+			if errors.As(err, &nr) {
+				body = "not ready: " + nr.Backend + "\n"
+			}
+			s.cfg.Logger.Warn("not ready", "backend", nr.Backend, "error", err)
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
+			_, _ = w.Write([]byte(body))
 			return
 		}
 	}
@@ -449,18 +463,6 @@ func (s *Server) SweepEnded(ctx context.Context, startedBefore time.Time) (int, 
 // sweepBatch bounds the calls one sweep asks Twilio about.
 const sweepBatch = 100
 
-// requireCallSID refuses a (signed) voice callback that names no call:
-// nothing can be recorded against it.
-func requireCallSID(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.PostForm.Get("CallSid") == "" {
-			http.Error(w, "missing CallSid", http.StatusBadRequest)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 func (s *Server) readBack(w http.ResponseWriter, r *http.Request, script *twiml.Script, d consent.Decision) {
 	if d == consent.NoResponse {
 		s.writeTwiML(w, r)(twiml.NoResponse(script))
@@ -524,7 +526,10 @@ func parseConfidence(v string) *float64 {
 		return nil
 	}
 	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < 0 || f > 1 {
+	// Written so NaN fails it (NaN compares false with everything): a NaN
+	// confidence reached the store, which refused the record, and the
+	// caller heard the hold line again and again. ±Inf is out of range.
+	if err != nil || !(f >= 0 && f <= 1) {
 		return nil
 	}
 	return &f

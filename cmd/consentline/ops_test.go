@@ -50,7 +50,7 @@ func decideCalls(t *testing.T, env map[string]string, n int) []string {
 	tw := &twiliosim.Twilio{PublicBaseURL: s.PublicBaseURL, Target: srv.URL, AuthToken: s.AuthToken, AccountSID: s.AccountSID}
 	var ids []string
 	for i := range n {
-		c := &twiliosim.Call{Twilio: tw, SID: "CAops" + strings.Repeat("0", 10) + string(rune('a'+i)), From: "+14155550123", To: "+18005550199"}
+		c := &twiliosim.Call{Twilio: tw, SID: fmt.Sprintf("CA%032x", 0xca11+i), From: "+14155550123", To: "+18005550199"}
 		resp, err := c.Start(ctx, ivr.PathIncoming)
 		if err != nil {
 			t.Fatal(err)

@@ -133,6 +133,7 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 	return ivr.Config{
 		PublicBaseURL: s.PublicBaseURL,
 		AuthToken:     s.AuthToken,
+		AccountSID:    s.AccountSID,
 		Scripts:       s.Scripts,
 		Consent:       svc,
 		Ready:         b.ready,
@@ -261,14 +262,16 @@ func openBackends(ctx context.Context, databaseURL, redisURL, dataDir string, ou
 	return b, nil
 }
 
-// ready reports whether the database and the lock backend answer.
+// ready reports whether the database and the lock backend answer; an
+// error is an ivr.NotReady naming the one that does not (b.kind is
+// ivr.BackendPostgres or ivr.BackendSQLite).
 func (b *backends) ready(ctx context.Context) error {
 	if err := b.store.Ping(ctx); err != nil {
-		return fmt.Errorf("%s database unreachable: %w", b.kind, err)
+		return ivr.NotReady{Backend: b.kind, Err: err}
 	}
 	if b.redis != nil {
 		if err := b.redis.Ping(ctx).Err(); err != nil {
-			return fmt.Errorf("redis unreachable: %w", err)
+			return ivr.NotReady{Backend: ivr.BackendRedis, Err: err}
 		}
 	}
 	return nil

@@ -173,7 +173,7 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	})
 	rel := st.relay
 	st.srv = httptest.NewServer(ivr.New(ivr.Config{
-		PublicBaseURL: "https://consent.example.com", AuthToken: st.authToken, Scripts: st.lib,
+		PublicBaseURL: "https://consent.example.com", AuthToken: st.authToken, AccountSID: st.accountSID, Scripts: st.lib,
 		Consent: st.svc, Ready: st.store.Ping, Logger: log,
 		CallCompleted: func(ctx context.Context, c ivr.CallStatus) error {
 			_, _, err := rel.RecordCallCompleted(ctx, relay.CallCompleted{CallSID: c.CallSID, From: c.From, To: c.To, At: time.Now()})

@@ -276,6 +276,7 @@ func newApp(ctx context.Context, store consent.Store, locker consent.Locker, rea
 	return ivr.Config{
 		PublicBaseURL: publicBase,
 		AuthToken:     authToken,
+		AccountSID:    accountSID,
 		Scripts:       lib,
 		Consent:       svc,
 		Ready:         ready,
@@ -290,10 +291,10 @@ func newApp(ctx context.Context, store consent.Store, locker consent.Locker, rea
 // ready mirrors cmd/consentline's backends.ready.
 func (in *instance) ready(ctx context.Context) error {
 	if err := in.store.Ping(ctx); err != nil {
-		return fmt.Errorf("postgres database unreachable: %w", err)
+		return ivr.NotReady{Backend: ivr.BackendPostgres, Err: err}
 	}
 	if err := in.redis.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redis unreachable: %w", err)
+		return ivr.NotReady{Backend: ivr.BackendRedis, Err: err}
 	}
 	return nil
 }

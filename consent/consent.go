@@ -141,6 +141,8 @@ type Store interface {
 	// CallStarted stores c, or updates the script of the call already
 	// stored under c.CallSID (the caller chose another language).
 	CallStarted(ctx context.Context, c StartedCall) error
+	// StartedCall returns the call stored by CallStarted, or ErrNotFound.
+	StartedCall(ctx context.Context, callSID string) (StartedCall, error)
 	// Unsettled returns up to limit calls started before startedBefore
 	// that have no consent record, oldest first.
 	Unsettled(ctx context.Context, startedBefore time.Time, limit int) ([]StartedCall, error)

@@ -158,6 +158,19 @@ func (s *Service) CallStarted(ctx context.Context, c Call) error {
 	return s.cfg.Store.CallStarted(ctx, sc)
 }
 
+// StartedScript returns the script the call was last known to hear (the
+// language the caller chose), or ok false when the call was not remembered.
+func (s *Service) StartedScript(ctx context.Context, callSID string) (ScriptRef, bool, error) {
+	c, err := s.cfg.Store.StartedCall(ctx, callSID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return ScriptRef{}, false, nil
+	case err != nil:
+		return ScriptRef{}, false, err
+	}
+	return c.Script, true, nil
+}
+
 // Unsettled returns up to limit calls that started before startedBefore and
 // have no decision, with their numbers decrypted for RecordNoResponse.
 func (s *Service) Unsettled(ctx context.Context, startedBefore time.Time, limit int) ([]Call, error) {

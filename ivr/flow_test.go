@@ -415,3 +415,44 @@ func TestDependencyFailureHolds(t *testing.T) {
 		t.Fatalf("resume does not ask again:\n%s", resp.Raw)
 	}
 }
+
+// A caller who chose Spanish and hung up without answering: the
+// no_response from the status callback names the es-US script they heard,
+// not the default.
+func TestNoResponseNamesChosenLanguage(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	ctx := context.Background()
+	c := h.call("CAhungupspanish")
+	resp, err := c.Start(ctx, ivr.PathIncoming)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lang, ok := resp.Find("Gather")
+	if !ok {
+		t.Fatalf("no language Gather:\n%s", resp.Raw)
+	}
+	es, _ := h.lib.ByLanguage("es-US")
+	if _, err := c.TwiML(ctx, lang.Attr("action"), c.Params(url.Values{"Digits": {es.LanguageKey}})); err != nil {
+		t.Fatal(err)
+	}
+	// The choice is remembered after the answer: wait for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		sc, err := h.store.StartedCall(ctx, c.SID)
+		if err == nil && sc.Script.Language == "es-US" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("language choice not remembered: %+v, %v", sc, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	status, _, err := h.twilio.Post(ctx, publicBase+ivr.PathStatus, c.Params(url.Values{"CallStatus": {"completed"}}))
+	if err != nil || status != http.StatusNoContent {
+		t.Fatalf("status: %d %v", status, err)
+	}
+	rec, err := h.store.Get(ctx, c.SID, es.ID)
+	if err != nil || rec.Decision != consent.NoResponse || rec.Script != es.Ref() {
+		t.Fatalf("record %+v, %v; want no_response on the es-US script %+v", rec, err, es.Ref())
+	}
+}

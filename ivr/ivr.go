@@ -386,6 +386,13 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	call := s.call(r, s.cfg.Scripts.Default())
 	secs, _ := strconv.Atoi(form.Get("CallDuration"))
 	_, err := within(s, r, func(ctx context.Context) (struct{}, error) {
+		// The no_response names the script the caller heard: the one
+		// remembered for the call (they may have chosen Spanish).
+		if ref, ok, err := s.cfg.Consent.StartedScript(ctx, call.CallSID); err != nil {
+			return struct{}{}, fmt.Errorf("reading the call's script: %w", err)
+		} else if ok {
+			call.Script = ref
+		}
 		return struct{}{}, s.closeCall(ctx, call, callStatus, time.Duration(secs)*time.Second)
 	})
 	if err != nil {

@@ -256,6 +256,22 @@ ON CONFLICT (call_sid) DO UPDATE SET script_id = excluded.script_id, script_vers
 	return nil
 }
 
+// StartedCall implements consent.Store.
+func (s *Store) StartedCall(ctx context.Context, callSID string) (consent.StartedCall, error) {
+	c := consent.StartedCall{CallSID: callSID}
+	var from, to string
+	err := s.pool.QueryRow(ctx, `SELECT script_id, script_version, script_language, script_sha256, from_sealed, to_sealed, started_at
+FROM started_calls WHERE call_sid = $1`, callSID).Scan(&c.Script.ID, &c.Script.Version, &c.Script.Language, &c.Script.SHA256, &from, &to, &c.StartedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return consent.StartedCall{}, consent.ErrNotFound
+	}
+	if err != nil {
+		return consent.StartedCall{}, fmt.Errorf("pgstore: started call %s: %w", callSID, ctxCause(ctx, err))
+	}
+	c.From, c.To, c.StartedAt = consent.Sealed(from), consent.Sealed(to), c.StartedAt.UTC()
+	return c, nil
+}
+
 // Unsettled implements consent.Store.
 func (s *Store) Unsettled(ctx context.Context, startedBefore time.Time, limit int) ([]consent.StartedCall, error) {
 	rows, err := s.pool.Query(ctx, `SELECT c.call_sid, c.script_id, c.script_version, c.script_language, c.script_sha256,

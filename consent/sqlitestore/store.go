@@ -333,6 +333,25 @@ ON CONFLICT (call_sid) DO UPDATE SET script_id = excluded.script_id, script_vers
 	return nil
 }
 
+// StartedCall implements consent.Store.
+func (s *Store) StartedCall(ctx context.Context, callSID string) (consent.StartedCall, error) {
+	c := consent.StartedCall{CallSID: callSID}
+	var from, to, started string
+	err := s.read.QueryRowContext(ctx, `SELECT script_id, script_version, script_language, script_sha256, from_sealed, to_sealed, started_at
+FROM started_calls WHERE call_sid = ?`, callSID).Scan(&c.Script.ID, &c.Script.Version, &c.Script.Language, &c.Script.SHA256, &from, &to, &started)
+	if errors.Is(err, sql.ErrNoRows) {
+		return consent.StartedCall{}, consent.ErrNotFound
+	}
+	if err != nil {
+		return consent.StartedCall{}, fmt.Errorf("sqlitestore: started call %s: %w", callSID, ctxCause(ctx, err))
+	}
+	c.From, c.To = consent.Sealed(from), consent.Sealed(to)
+	if c.StartedAt, err = parseTime(started); err != nil {
+		return consent.StartedCall{}, fmt.Errorf("sqlitestore: started call %s: %w", callSID, err)
+	}
+	return c, nil
+}
+
 // Unsettled implements consent.Store.
 func (s *Store) Unsettled(ctx context.Context, startedBefore time.Time, limit int) ([]consent.StartedCall, error) {
 	rows, err := s.read.QueryContext(ctx, `SELECT c.call_sid, c.script_id, c.script_version, c.script_language, c.script_sha256,

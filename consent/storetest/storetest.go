@@ -507,4 +507,11 @@ func testUnsettled(t *testing.T, s consent.Store) {
 	if limited, err := s.Unsettled(ctx, base.Add(10*time.Minute), 1); err != nil || len(limited) != 1 {
 		t.Errorf("Unsettled with limit 1: %d calls, %v", len(limited), err)
 	}
+	one, err := s.StartedCall(ctx, newer)
+	if err != nil || one.Script != es || !one.StartedAt.Equal(base.Add(time.Minute)) || one.From != mine[1].From {
+		t.Errorf("StartedCall(%s) = %+v, %v; want the es script, the first start time, its sealed numbers", newer, one, err)
+	}
+	if _, err := s.StartedCall(ctx, CallSID()); !errors.Is(err, consent.ErrNotFound) {
+		t.Errorf("StartedCall of an unknown call: %v, want ErrNotFound", err)
+	}
 }

@@ -43,6 +43,19 @@ func (m *memStore) CallStarted(ctx context.Context, c consent.StartedCall) error
 	return nil
 }
 
+func (m *memStore) StartedCall(ctx context.Context, sid string) (consent.StartedCall, error) {
+	if err := ctx.Err(); err != nil {
+		return consent.StartedCall{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.started[sid]
+	if !ok {
+		return consent.StartedCall{}, consent.ErrNotFound
+	}
+	return c, nil
+}
+
 func (m *memStore) Unsettled(ctx context.Context, before time.Time, limit int) ([]consent.StartedCall, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -69,7 +69,7 @@ type Config struct {
 	// caller hears a hold line rather than wait for it.
 	AnswerDeadline time.Duration
 	// MaxInFlight bounds the decision work this instance runs at once
-	// (default 256). Work beyond it waits for a slot for at most AdmitWait
+	// (default 128). Work beyond it waits for a slot for at most AdmitWait
 	// (default DecisionTimeout/2); work that cannot start by then gets the
 	// hold answer at once, rather than a goroutine that would still be
 	// queueing on the database after its caller heard the hold line.
@@ -112,7 +112,7 @@ func New(cfg Config) *Server {
 		cfg.AnswerDeadline = 1500 * time.Millisecond
 	}
 	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 32
+		cfg.MaxInFlight = 128
 	}
 	if cfg.AdmitWait <= 0 {
 		cfg.AdmitWait = cfg.DecisionTimeout / 2

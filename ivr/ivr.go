@@ -69,11 +69,14 @@ type Config struct {
 	// caller hears a hold line rather than wait for it.
 	AnswerDeadline time.Duration
 	// MaxInFlight bounds the decision work this instance runs at once
-	// (default 128). Work beyond it waits for a slot for at most AdmitWait
+	// (default 128); the bound in force adapts between MinInFlight
+	// (default 4) and it to what the instance finishes in time (see
+	// admission). Work beyond it waits for a slot for at most AdmitWait
 	// (default DecisionTimeout/2); work that cannot start by then gets the
 	// hold answer at once, rather than a goroutine that would still be
 	// queueing on the database after its caller heard the hold line.
 	MaxInFlight int
+	MinInFlight int
 	AdmitWait   time.Duration
 	Now         func() time.Time
 }
@@ -93,10 +96,10 @@ type Server struct {
 	base   string
 	router chi.Router
 
-	// slots is the admission semaphore (MaxInFlight); detached counts the
-	// work goroutines still running, including those whose webhook was
-	// already answered, so Drain can wait for them before the stores close.
-	slots    chan struct{}
+	// admit bounds the decision work in flight; detached counts the work
+	// goroutines still running, including those whose webhook was already
+	// answered, so Drain can wait for them before the stores close.
+	admit    *admission
 	detached sync.WaitGroup
 }
 
@@ -114,13 +117,16 @@ func New(cfg Config) *Server {
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 128
 	}
+	if cfg.MinInFlight <= 0 {
+		cfg.MinInFlight = min(4, cfg.MaxInFlight)
+	}
 	if cfg.AdmitWait <= 0 {
 		cfg.AdmitWait = cfg.DecisionTimeout / 2
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, base: strings.TrimRight(cfg.PublicBaseURL, "/"), slots: make(chan struct{}, cfg.MaxInFlight)}
+	s := &Server{cfg: cfg, base: strings.TrimRight(cfg.PublicBaseURL, "/"), admit: newAdmission(cfg.MinInFlight, cfg.MaxInFlight)}
 
 	r := chi.NewRouter()
 	r.Get("/healthz", s.healthz)
@@ -303,8 +309,8 @@ var (
 
 // within runs the work behind a webhook with the webhook's budget.
 //
-// Admission: the work takes one of MaxInFlight slots, waiting at most
-// AdmitWait; work that cannot start by then is not started at all and the
+// Admission: the work takes one of the slots admission allows (a limit
+// that adapts up to MaxInFlight), waiting at most AdmitWait; work that cannot start by then is not started at all and the
 // caller hears a hold line at once. Under a burst this keeps the instance
 // doing as much as it can finish in time, instead of every request starting
 // and all of them missing their deadline together.
@@ -323,16 +329,8 @@ func within[T any](s *Server, r *http.Request, work func(ctx context.Context) (T
 	answerBy := time.NewTimer(s.cfg.AnswerDeadline)
 	defer answerBy.Stop()
 
-	select {
-	case s.slots <- struct{}{}:
-	default:
-		admitBy := time.NewTimer(s.cfg.AdmitWait)
-		select {
-		case s.slots <- struct{}{}:
-			admitBy.Stop()
-		case <-admitBy.C:
-			return zero, errOverloaded
-		}
+	if !s.admit.acquire(s.cfg.AdmitWait) {
+		return zero, errOverloaded
 	}
 
 	type result struct {
@@ -343,10 +341,12 @@ func within[T any](s *Server, r *http.Request, work func(ctx context.Context) (T
 	s.detached.Add(1)
 	go func() {
 		defer s.detached.Done()
-		defer func() { <-s.slots }()
 		ctx, cancel := context.WithDeadline(context.WithoutCancel(r.Context()), arrived.Add(s.cfg.DecisionTimeout))
 		defer cancel()
 		v, err := work(ctx)
+		// Finishing in time, even with an error from a backend that is
+		// down, is no sign of overload; running out of time is.
+		s.admit.release(time.Since(arrived) < s.cfg.AnswerDeadline && !errors.Is(err, context.DeadlineExceeded))
 		done <- result{v, err}
 	}()
 	select {

@@ -104,6 +104,11 @@ type Locker struct {
 	// waiters maps a Redis key to the channels of the Acquires waiting for
 	// it on this instance; each is closed by the release message.
 	waiters    map[string]map[chan struct{}]struct{}
+	// cleanup bounds the background deletes of locks whose release or
+	// acquisition timed out: under overload each one is another connection
+	// and command, so past maxCleanup the lease is left to lapse (TTL)
+	// instead of adding to the load that made them time out.
+	cleanup    chan struct{}
 	subscribe  sync.Once
 	subscribed atomic.Bool
 	pubsub     *redis.PubSub
@@ -134,7 +139,8 @@ func New(client redis.UniversalClient, opts Options) *Locker {
 		opts.Logger = slog.Default()
 	}
 	return &Locker{client: client, opts: opts, ttlMS: opts.TTL.Milliseconds(),
-		releasedChannel: opts.Prefix + "released", waiters: map[string]map[chan struct{}]struct{}{}}
+		releasedChannel: opts.Prefix + "released", waiters: map[string]map[chan struct{}]struct{}{},
+		cleanup: make(chan struct{}, maxCleanup)}
 }
 
 // Close stops the release subscription. Locks held stay held until
@@ -378,7 +384,7 @@ func (l *Locker) try(ctx context.Context, key, token string) (context.Context, f
 		// We stopped waiting for the answer, but the SET may still have
 		// landed: free it if it did, so this call's retry does not wait
 		// out a TTL. Off the caller's already spent budget.
-		go l.del(context.WithoutCancel(ctx), key, rkey, token)
+		l.inBackground(func() { l.del(context.WithoutCancel(ctx), key, rkey, token) })
 	}
 	if ctx.Err() != nil {
 		return nil, nil, timeoutErr(ctx, key, err)
@@ -529,12 +535,31 @@ func (h *holder) release() {
 func (l *Locker) del(ctx context.Context, key, rkey, token string) {
 	err := l.delOnce(ctx, rkey, token)
 	if err != nil && isTimeout(err) {
-		go l.delRetry(ctx, key, rkey, token, time.Now().Add(l.opts.TTL))
-		return
+		if l.inBackground(func() { l.delRetry(ctx, key, rkey, token, time.Now().Add(l.opts.TTL)) }) {
+			return
+		}
 	}
 	if err != nil {
 		l.opts.Logger.Warn("redislock: releasing lock failed; it lapses after its TTL", "key", key, "ttl", l.opts.TTL, "err", err)
 	}
+}
+
+// maxCleanup bounds the background deletes in flight per Locker.
+const maxCleanup = 16
+
+// inBackground runs f in a goroutine unless maxCleanup are running already;
+// it reports whether it did.
+func (l *Locker) inBackground(f func()) bool {
+	select {
+	case l.cleanup <- struct{}{}:
+	default:
+		return false
+	}
+	go func() {
+		defer func() { <-l.cleanup }()
+		f()
+	}()
+	return true
 }
 
 func (l *Locker) delRetry(ctx context.Context, key, rkey, token string, until time.Time) {

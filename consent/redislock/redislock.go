@@ -103,7 +103,7 @@ type Locker struct {
 	mu sync.Mutex
 	// waiters maps a Redis key to the channels of the Acquires waiting for
 	// it on this instance; each is closed by the release message.
-	waiters    map[string]map[chan struct{}]struct{}
+	waiters map[string]map[chan struct{}]struct{}
 	// cleanup bounds the background deletes of locks whose release or
 	// acquisition timed out: under overload each one is another connection
 	// and command, so past maxCleanup the lease is left to lapse (TTL)

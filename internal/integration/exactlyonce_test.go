@@ -106,20 +106,14 @@ func TestExactlyOnceAcrossInstances(t *testing.T) {
 // Not parallel: it loads the machine on purpose, and the fault tests, which
 // run in parallel after it, measure latencies.
 func TestExactlyOnceBurst(t *testing.T) {
-	burst(t, 200, 0.25)
+	burst(t, 200, 0.05)
 }
 
-// TestExactlyOnceBurstHarsh: 400 calls, 2,400 webhooks at once over three
-// instances. A call's duplicate deliveries share one decision instead of
-// waiting on each other, so the burst is mostly answered with read-backs:
-// at most 5% holds, and every answer inside the 1.5 s answer deadline as
-// measured inside the server.
-func TestExactlyOnceBurstHarsh(t *testing.T) {
-	burst(t, 400, 0.05)
-}
-
-// burst fires calls × 6 webhooks at once and checks exactly-once, the
-// read-backs, and that at most maxHeld of the Gather answers were holds.
+// burst fires calls × 6 webhooks at once and checks exactly-once and the
+// read-backs; and, without the race detector (which slows everything
+// several times over, so that any burst overloads two cores), that at most
+// maxHeld of the Gather answers were holds and that every answer came
+// inside the answer deadline.
 func burst(t *testing.T, calls int, maxHeld float64) {
 	c := newCluster(t, clusterOptions{})
 	ctx := context.Background()
@@ -225,6 +219,9 @@ func burst(t *testing.T, calls int, maxHeld float64) {
 	t.Logf("%d webhooks in %v; %d of %d answers held at first; slowest answer %v as seen by Twilio, %v inside the server (%d over %v)",
 		len(fns), burst.Round(time.Millisecond), firstHolds, len(answers), slowest.Round(time.Millisecond),
 		time.Duration(c.slowest.Load()).Round(time.Millisecond), c.overBudget.Load(), webhookBudget)
+	if raceEnabled {
+		return
+	}
 	if c.overBudget.Load() > 0 {
 		t.Errorf("%d webhooks took %v or more inside the server", c.overBudget.Load(), webhookBudget)
 	}

@@ -24,44 +24,52 @@ type admission struct {
 	min, max float64
 	inflight int
 	lastCut  time.Time
-	// freed is closed, and replaced, whenever a slot frees up or the limit
-	// rises, to wake the waiters.
-	freed chan struct{}
+	// waiting is the queue of acquires waiting for a slot, first come
+	// first served; a freed slot is handed to the first of them (not
+	// announced to all: hundreds of waiters woken for one slot cost more
+	// CPU than the work they wait for).
+	waiting []*waiter
+}
+
+type waiter struct {
+	granted chan struct{} // closed when a slot is handed over
 }
 
 // admissionCooldown is the shortest time between two cuts of the limit.
 const admissionCooldown = 200 * time.Millisecond
 
 func newAdmission(min, max int) *admission {
-	return &admission{limit: float64(max), min: float64(min), max: float64(max), freed: make(chan struct{})}
+	return &admission{limit: float64(max), min: float64(min), max: float64(max)}
 }
 
 // acquire takes a slot, waiting at most wait; false means none was free.
 func (a *admission) acquire(wait time.Duration) bool {
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	for {
-		a.mu.Lock()
-		if a.inflight < int(a.limit) {
-			a.inflight++
-			a.mu.Unlock()
-			return true
-		}
-		freed := a.freed
+	a.mu.Lock()
+	if len(a.waiting) == 0 && a.inflight < int(a.limit) {
+		a.inflight++
 		a.mu.Unlock()
-		if timer == nil {
-			timer = time.NewTimer(wait)
-		}
-		select {
-		case <-freed:
-		case <-timer.C:
+		return true
+	}
+	w := &waiter{granted: make(chan struct{})}
+	a.waiting = append(a.waiting, w)
+	a.mu.Unlock()
+
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-w.granted:
+		return true
+	case <-timer.C:
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i, o := range a.waiting {
+		if o == w {
+			a.waiting = append(a.waiting[:i], a.waiting[i+1:]...)
 			return false
 		}
 	}
+	return true // handed a slot just as the wait ran out
 }
 
 // release frees a slot; inTime says whether its work finished within its
@@ -76,8 +84,13 @@ func (a *admission) release(inTime bool) {
 		a.limit = max(a.min, a.limit*0.7)
 		a.lastCut = now
 	}
-	close(a.freed)
-	a.freed = make(chan struct{})
+	for len(a.waiting) > 0 && a.inflight < int(a.limit) {
+		w := a.waiting[0]
+		a.waiting[0] = nil
+		a.waiting = a.waiting[1:]
+		a.inflight++
+		close(w.granted)
+	}
 }
 
 // current reports the limit and the work in flight.

@@ -72,7 +72,7 @@ type Config struct {
 	// (default 128); the bound in force adapts between MinInFlight
 	// (default 4) and it to what the instance finishes in time (see
 	// admission). Work beyond it waits for a slot for at most AdmitWait
-	// (default DecisionTimeout/2); work that cannot start by then gets the
+	// (default ¾ of DecisionTimeout); work that cannot start by then gets the
 	// hold answer at once, rather than a goroutine that would still be
 	// queueing on the database after its caller heard the hold line.
 	MaxInFlight int
@@ -121,7 +121,7 @@ func New(cfg Config) *Server {
 		cfg.MinInFlight = min(4, cfg.MaxInFlight)
 	}
 	if cfg.AdmitWait <= 0 {
-		cfg.AdmitWait = cfg.DecisionTimeout / 2
+		cfg.AdmitWait = cfg.DecisionTimeout * 3 / 4
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

@@ -75,15 +75,18 @@ var (
 )
 
 // Committer queues items for fn. Its methods are safe for concurrent use.
+//
+// It runs a goroutine only while there is work: the first item queued starts
+// one, and it ends when it finds the queue empty, so an idle Committer holds
+// nothing and needs no Close to be collected.
 type Committer[In, Out any] struct {
-	fn    Func[In, Out]
-	opts  Options
-	wake  chan struct{}
-	done  chan struct{}
-	mu    sync.Mutex
-	queue []*call[In, Out]
-	shut  bool
-	once  sync.Once
+	fn      Func[In, Out]
+	opts    Options
+	mu      sync.Mutex
+	queue   []*call[In, Out]
+	running bool // a loop goroutine is taking batches
+	shut    bool
+	loops   sync.WaitGroup
 }
 
 // States of a call: queued until the committer takes it or its caller
@@ -101,14 +104,12 @@ type call[In, Out any] struct {
 	res   chan Result[Out] // buffered: the committer never blocks on a caller that left
 }
 
-// New starts a committer calling fn. Close stops it.
+// New returns a committer calling fn.
 func New[In, Out any](fn Func[In, Out], opts Options) *Committer[In, Out] {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
 	}
-	c := &Committer[In, Out]{fn: fn, opts: opts, wake: make(chan struct{}, 1), done: make(chan struct{})}
-	go c.loop()
-	return c
+	return &Committer[In, Out]{fn: fn, opts: opts}
 }
 
 // Do queues in, waits for the batch it joins to commit, and returns its
@@ -125,11 +126,12 @@ func (c *Committer[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 		return zero, ErrClosed
 	}
 	c.queue = append(c.queue, cl)
-	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default: // a wake-up is already pending
+	if !c.running {
+		c.running = true
+		c.loops.Add(1)
+		go c.loop()
 	}
+	c.mu.Unlock()
 
 	select {
 	case r := <-cl.res:
@@ -170,41 +172,39 @@ func (r Result[Out]) unwrap() (Out, error) {
 	return r.Val, r.Err
 }
 
-// Close stops taking new items, lets the queued ones commit, and returns once
-// the committer has stopped. It is safe to call more than once.
+// Close stops taking new items (Do returns ErrClosed), lets the queued ones
+// commit, and returns once the last batch has. It is safe to call more than
+// once.
 func (c *Committer[In, Out]) Close() {
-	c.once.Do(func() {
-		c.mu.Lock()
-		c.shut = true
-		c.mu.Unlock()
-		select {
-		case c.wake <- struct{}{}:
-		default:
-		}
-	})
-	<-c.done
+	c.mu.Lock()
+	c.shut = true
+	c.mu.Unlock()
+	c.loops.Wait()
 }
 
 func (c *Committer[In, Out]) loop() {
-	defer close(c.done)
+	defer c.loops.Done()
 	for {
-		batch, stop := c.take()
-		if len(batch) > 0 {
-			c.run(batch)
-			continue
-		}
-		if stop {
+		batch, more := c.take()
+		if !more {
 			return
 		}
-		<-c.wake
+		if len(batch) > 0 {
+			c.run(batch)
+		}
 	}
 }
 
-// take removes up to MaxBatch live calls from the queue; stop reports that
-// the queue is empty and closed.
-func (c *Committer[In, Out]) take() (batch []*call[In, Out], stop bool) {
+// take removes up to MaxBatch live calls from the queue (none when every
+// call taken had left). more is false when the queue was empty: the loop
+// then ends, and the next Do starts another.
+func (c *Committer[In, Out]) take() (batch []*call[In, Out], more bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(c.queue) == 0 {
+		c.running = false
+		return nil, false
+	}
 	n := 0
 	for n < len(c.queue) && len(batch) < c.opts.MaxBatch {
 		cl := c.queue[n]
@@ -223,7 +223,7 @@ func (c *Committer[In, Out]) take() (batch []*call[In, Out], stop bool) {
 	if len(c.queue) == 0 {
 		c.queue = nil // let the backing array go
 	}
-	return batch, len(batch) == 0 && len(c.queue) == 0 && c.shut
+	return batch, true
 }
 
 func (c *Committer[In, Out]) run(batch []*call[In, Out]) {

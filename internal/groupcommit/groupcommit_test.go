@@ -259,3 +259,16 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// An idle committer runs no goroutine, so one never closed leaks nothing.
+func TestIdleRunsNothing(t *testing.T) {
+	d := &double{}
+	c := New(d.commit, Options{})
+	if _, err := c.Do(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return !c.running })
+	if v, err := c.Do(context.Background(), 2); err != nil || v != 4 {
+		t.Fatalf("Do after the loop ended: %d, %v", v, err)
+	}
+}

@@ -460,3 +460,26 @@ func TestGroupCommit(t *testing.T) {
 		t.Errorf("hook got the batch out of call SID order")
 	}
 }
+
+// TestStatementsPreparedOnce: pgx's default exec mode caches prepared
+// statements per connection, and nothing in Record defeats it (a statement
+// text built per call would): after many Records on a one-connection pool,
+// the insert is one server-side prepared statement, not one per call.
+func TestStatementsPreparedOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := testdb.Postgres(t)
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	s := open(t, url+sep+"pool_max_conns=1", Options{Migrate: true, AfterInsert: func(context.Context, pgx.Tx, []consent.Record) error { return nil }})
+	for range 20 {
+		if _, _, err := s.Record(ctx, storetest.NewRecord(storetest.CallSID(), "hipaa-consent")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := count(t, s, `SELECT count(*) FROM pg_prepared_statements WHERE statement = $1`, insertRecord); n != 1 {
+		t.Fatalf("insert prepared %d times on the connection, want once", n)
+	}
+}

@@ -369,7 +369,8 @@ func TestGroupCommit(t *testing.T) {
 	hold := make(chan struct{})
 	var held atomic.Bool
 	poison := storetest.CallSID()
-	s := open(t, url, Options{Migrate: true, AfterInsert: func(ctx context.Context, tx pgx.Tx, recs []consent.Record) error {
+	// One batch at a time, so that holding the first one queues the rest.
+	s := open(t, url, Options{Migrate: true, ConcurrentBatches: 1, AfterInsert: func(ctx context.Context, tx pgx.Tx, recs []consent.Record) error {
 		mu.Lock()
 		batches = append(batches, recs)
 		mu.Unlock()

@@ -56,6 +56,12 @@ type Func[In, Out any] func(ctx context.Context, batch []In) ([]Result[Out], err
 type Options struct {
 	// MaxBatch is the most items one transaction takes (default 128).
 	MaxBatch int
+	// Concurrent is how many batches may commit at once (default 1). More
+	// than one suits a server that commits transactions on several
+	// connections in parallel (PostgreSQL): under light load each item then
+	// commits at once instead of waiting for the batch ahead of it, and
+	// under heavy load one batch's COMMIT overlaps the next one's work.
+	Concurrent int
 	// Grace is how long a caller whose context ended while its batch was
 	// committing still waits for that batch's outcome (default 0: until the
 	// outcome).
@@ -76,15 +82,16 @@ var (
 
 // Committer queues items for fn. Its methods are safe for concurrent use.
 //
-// It runs a goroutine only while there is work: the first item queued starts
-// one, and it ends when it finds the queue empty, so an idle Committer holds
-// nothing and needs no Close to be collected.
+// It runs goroutines only while there is work: an item queued while fewer
+// than Options.Concurrent are running starts one, and each ends when it
+// finds the queue empty, so an idle Committer holds nothing and needs no
+// Close to be collected.
 type Committer[In, Out any] struct {
 	fn      Func[In, Out]
 	opts    Options
 	mu      sync.Mutex
 	queue   []*call[In, Out]
-	running bool // a loop goroutine is taking batches
+	running int // loop goroutines taking batches
 	shut    bool
 	loops   sync.WaitGroup
 }
@@ -109,6 +116,7 @@ func New[In, Out any](fn Func[In, Out], opts Options) *Committer[In, Out] {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
 	}
+	opts.Concurrent = max(opts.Concurrent, 1)
 	return &Committer[In, Out]{fn: fn, opts: opts}
 }
 
@@ -126,8 +134,8 @@ func (c *Committer[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 		return zero, ErrClosed
 	}
 	c.queue = append(c.queue, cl)
-	if !c.running {
-		c.running = true
+	if c.running < c.opts.Concurrent {
+		c.running++
 		c.loops.Add(1)
 		go c.loop()
 	}
@@ -202,7 +210,7 @@ func (c *Committer[In, Out]) take() (batch []*call[In, Out], more bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.queue) == 0 {
-		c.running = false
+		c.running--
 		return nil, false
 	}
 	n := 0

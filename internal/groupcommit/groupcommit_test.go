@@ -267,8 +267,45 @@ func TestIdleRunsNothing(t *testing.T) {
 	if _, err := c.Do(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return !c.running })
+	waitFor(t, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.running == 0 })
 	if v, err := c.Do(context.Background(), 2); err != nil || v != 4 {
 		t.Fatalf("Do after the loop ended: %d, %v", v, err)
 	}
+}
+
+// With Concurrent 2, a second item commits while the first batch is still
+// in flight instead of waiting behind it; a third waits for one of them.
+func TestConcurrentBatches(t *testing.T) {
+	var inFlight, most atomic.Int32
+	release := make(chan struct{})
+	c := New(func(ctx context.Context, b []int) ([]Result[int], error) {
+		n := inFlight.Add(1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		<-release
+		inFlight.Add(-1)
+		return make([]Result[int], len(b)), nil
+	}, Options{Concurrent: 2})
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Go(func() {
+			if _, err := c.Do(context.Background(), i); err != nil {
+				t.Error(err)
+			}
+		})
+		if i < 2 {
+			waitFor(t, func() bool { return inFlight.Load() == int32(i+1) })
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // a third batch would have started by now
+	if m := most.Load(); m != 2 {
+		t.Fatalf("%d batches at once, want 2", m)
+	}
+	close(release)
+	wg.Wait()
+	c.Close()
 }

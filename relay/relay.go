@@ -43,7 +43,7 @@ func NewOutbox(k *pii.Keyring, deliver bool) (*Outbox, error) {
 		return nil, errors.New("relay: outbox needs a keyring")
 	}
 	// Insert-only clients: a nil pool is River's documented way to allow
-	// InsertTx and nothing else. InsertTx still wakes the workers: it sends
+	// the *Tx inserts and nothing else. They still wake the workers: they send
 	// River's insert notification (pg_notify on PostgreSQL, River's
 	// notification table on SQLite) in the transaction, but at most once per
 	// FetchCooldown per client; at River's default (100 ms) a job committed
@@ -94,7 +94,7 @@ func (o *Outbox) consentEvents(recs []consent.Record) ([]Event, error) {
 	return evs, nil
 }
 
-// deliveries are the River jobs for the events appended (created) now.
+// deliveryJobs are the River jobs for the events appended (created) now.
 func deliveryJobs(evs []Event, created []bool) []river.InsertManyParams {
 	var jobs []river.InsertManyParams
 	for i, ev := range evs {

@@ -59,6 +59,7 @@ func NewPostgres(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 		return nil, fmt.Errorf("relay: river client: %w", err)
 	}
 	r.b = &pgBackend{pool: pool, client: client, outbox: r.outbox}
+	r.newCallBatcher()
 	return r, nil
 }
 
@@ -90,17 +91,14 @@ func (p *pgBackend) walk(ctx context.Context, fn func(AuditEntry) error) error {
 	return rows.Err()
 }
 
-func (p *pgBackend) record(ctx context.Context, ev Event) (AuditEntry, bool, error) {
-	var (
-		e       AuditEntry
-		created bool
-	)
+func (p *pgBackend) record(ctx context.Context, evs []Event) ([]bool, error) {
+	var created []bool
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var err error
-		e, created, err = p.outbox.addPostgres(ctx, tx, ev)
+		created, err = p.outbox.addPostgres(ctx, tx, evs)
 		return err
 	})
-	return e, created, err
+	return created, err
 }
 
 func (p *pgBackend) enqueue(ctx context.Context, eventID string) (int64, error) {

@@ -35,6 +35,7 @@ func NewSQLite(db *sql.DB, cfg Config) (*Relay, error) {
 		return nil, fmt.Errorf("relay: river client: %w", err)
 	}
 	r.b = &sqliteBackend{db: db, client: client, outbox: r.outbox}
+	r.newCallBatcher()
 	return r, nil
 }
 
@@ -66,17 +67,17 @@ func (s *sqliteBackend) walk(ctx context.Context, fn func(AuditEntry) error) err
 	return rows.Err()
 }
 
-func (s *sqliteBackend) record(ctx context.Context, ev Event) (AuditEntry, bool, error) {
+func (s *sqliteBackend) record(ctx context.Context, evs []Event) ([]bool, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return AuditEntry{}, false, err
+		return nil, err
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
-	e, created, err := s.outbox.addSQLite(ctx, tx, ev)
+	created, err := s.outbox.addSQLite(ctx, tx, evs)
 	if err != nil {
-		return AuditEntry{}, false, err
+		return nil, err
 	}
-	return e, created, tx.Commit()
+	return created, tx.Commit()
 }
 
 func (s *sqliteBackend) enqueue(ctx context.Context, eventID string) (int64, error) {

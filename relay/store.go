@@ -4,8 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 	"regexp"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -26,7 +26,18 @@ var errNoRows = errors.New("no rows")
 
 var dollarN = regexp.MustCompile(`\$[0-9]+`)
 
-func rebind(q string) string { return dollarN.ReplaceAllString(q, "?") }
+// rebound caches rebind's results: the queries are a handful of constants,
+// so there is no need to run the regexp again on every statement.
+var rebound sync.Map // query -> rebound query
+
+func rebind(q string) string {
+	if r, ok := rebound.Load(q); ok {
+		return r.(string)
+	}
+	r := dollarN.ReplaceAllString(q, "?")
+	rebound.Store(q, r)
+	return r
+}
 
 type sqlQ struct {
 	q interface {
@@ -88,40 +99,6 @@ func (n noRowsRow) Scan(dest ...any) error {
 const auditLockKey int64 = 0x72656c6179617564 // "relayaud"
 
 const auditColumns = `chain, seq, event_id, type, occurred_at, event, prev_hash, hash`
-
-// appendAudit appends ev to its call's chain inside the caller's transaction
-// and reports whether it did; an event id already in the log is left alone
-// (created false), which makes re-sent status callbacks harmless.
-func appendAudit(ctx context.Context, q txq, ev Event) (AuditEntry, bool, error) {
-	chain := ChainOf(ev.CallSID)
-	if q.postgres() {
-		// Taken before the lookup below: a re-sent event has the same call
-		// SID, so the same chain and lock, and waits here for the first to
-		// commit instead of also finding nothing.
-		if err := q.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey+int64(chain)); err != nil {
-			return AuditEntry{}, false, fmt.Errorf("relay: audit lock: %w", err)
-		}
-	}
-	if existing, err := scanEntry(q.queryRow(ctx, `SELECT `+auditColumns+` FROM relay_audit WHERE event_id = $1`, ev.ID)); err == nil {
-		return existing, false, nil
-	} else if !errors.Is(err, errNoRows) {
-		return AuditEntry{}, false, fmt.Errorf("relay: audit lookup: %w", err)
-	}
-	prevSeq, prevHash := int64(0), GenesisHash
-	err := q.queryRow(ctx, `SELECT seq, hash FROM relay_audit WHERE chain = $1 ORDER BY seq DESC LIMIT 1`, chain).Scan(&prevSeq, &prevHash)
-	if err != nil && !errors.Is(err, errNoRows) {
-		return AuditEntry{}, false, fmt.Errorf("relay: audit head: %w", err)
-	}
-	e, err := newEntry(chain, prevSeq, prevHash, ev)
-	if err != nil {
-		return AuditEntry{}, false, err
-	}
-	if err := q.exec(ctx, `INSERT INTO relay_audit (`+auditColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-		e.Chain, e.Seq, e.EventID, e.Type, e.OccurredAt, string(e.Event), e.PrevHash, e.Hash); err != nil {
-		return AuditEntry{}, false, fmt.Errorf("relay: audit append: %w", err)
-	}
-	return e, true, nil
-}
 
 func scanEntry(r rowScanner) (AuditEntry, error) {
 	var e AuditEntry

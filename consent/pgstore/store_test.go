@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -221,18 +222,20 @@ func TestAfterInsert(t *testing.T) {
 	var calls atomic.Int32
 	var fail atomic.Bool
 	boom := errors.New("outbox full")
-	s := open(t, url, Options{AfterInsert: func(ctx context.Context, tx pgx.Tx, rec consent.Record) error {
-		calls.Add(1)
-		// The hook runs in the inserting transaction: it sees the row.
-		var n int
-		if err := tx.QueryRow(ctx, `SELECT count(*) FROM consent_records WHERE id = $1`, rec.ID).Scan(&n); err != nil {
-			return err
-		}
-		if n != 1 {
-			return fmt.Errorf("hook sees %d rows for %s", n, rec.ID)
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO secrets (name, value) VALUES ($1, '')`, "outbox-"+rec.ID); err != nil {
-			return err
+	s := open(t, url, Options{AfterInsert: func(ctx context.Context, tx pgx.Tx, recs []consent.Record) error {
+		calls.Add(int32(len(recs)))
+		for _, rec := range recs {
+			// The hook runs in the inserting transaction: it sees the rows.
+			var n int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM consent_records WHERE id = $1`, rec.ID).Scan(&n); err != nil {
+				return err
+			}
+			if n != 1 {
+				return fmt.Errorf("hook sees %d rows for %s", n, rec.ID)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO secrets (name, value) VALUES ($1, '')`, "outbox-"+rec.ID); err != nil {
+				return err
+			}
 		}
 		if fail.Load() {
 			return boom
@@ -261,7 +264,7 @@ func TestAfterInsert(t *testing.T) {
 		t.Fatalf("duplicate: created=%v err=%v", created, err)
 	}
 	if c := calls.Load(); c != 1 {
-		t.Fatalf("hook called %d times for one created record and one duplicate, want 1", c)
+		t.Fatalf("hook given %d records for one created record and one duplicate, want 1", c)
 	}
 
 	// The concurrent exactly-once guarantee holds on the transactional path
@@ -349,4 +352,135 @@ func BenchmarkRecord(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestGroupCommit: Records arriving while a transaction is in flight are
+// committed together in the next one, the hook sees them in (call SID,
+// script id) order, a duplicate inside a batch gets the first one back, and
+// a record the hook refuses fails alone while the rest of its batch commits.
+func TestGroupCommit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := testdb.Postgres(t)
+	var (
+		mu      sync.Mutex
+		batches [][]consent.Record
+	)
+	hold := make(chan struct{})
+	var held atomic.Bool
+	poison := storetest.CallSID()
+	// One batch at a time, so that holding the first one queues the rest.
+	s := open(t, url, Options{Migrate: true, ConcurrentBatches: 1, AfterInsert: func(ctx context.Context, tx pgx.Tx, recs []consent.Record) error {
+		mu.Lock()
+		batches = append(batches, recs)
+		mu.Unlock()
+		if held.CompareAndSwap(false, true) {
+			<-hold // the first transaction stays open while the others queue
+		}
+		for _, r := range recs {
+			if r.CallSID == poison {
+				return errors.New("hook refuses this one")
+			}
+		}
+		return nil
+	}})
+
+	first := make(chan error, 1)
+	go func() {
+		_, _, err := s.Record(ctx, storetest.NewRecord(storetest.CallSID(), "hipaa-consent"))
+		first <- err
+	}()
+	for !held.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	const n = 30
+	recs := make([]consent.Record, n)
+	for i := range recs {
+		recs[i] = storetest.NewRecord(storetest.CallSID(), "hipaa-consent")
+	}
+	recs[7].CallSID = poison
+	dup := storetest.NewRecord(recs[3].CallSID, recs[3].Script.ID) // same call and script as 3, queued after it
+	type result struct {
+		rec     consent.Record
+		created bool
+		err     error
+	}
+	results := make([]result, n+1)
+	var wg sync.WaitGroup
+	for i := range n + 1 {
+		rec := dup
+		if i < n {
+			rec = recs[i]
+		}
+		wg.Go(func() {
+			if i == n {
+				time.Sleep(100 * time.Millisecond) // after recs[3] in the queue
+			}
+			var r result
+			r.rec, r.created, r.err = s.Record(ctx, rec)
+			results[i] = r
+		})
+	}
+	time.Sleep(300 * time.Millisecond) // all queued behind the held transaction
+	close(hold)
+	wg.Wait()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range results[:n] {
+		switch {
+		case i == 7:
+			if r.err == nil {
+				t.Errorf("poison record stored")
+			}
+		case r.err != nil || !r.created || r.rec.ID != recs[i].ID:
+			t.Errorf("record %d: created=%v err=%v (the poison record sank it?)", i, r.created, r.err)
+		}
+	}
+	if d := results[n]; d.err != nil || d.created || d.rec.ID != recs[3].ID {
+		t.Errorf("duplicate in the batch: created=%v id=%s err=%v, want record 3 (%s) back", d.created, d.rec.ID, d.err, recs[3].ID)
+	}
+	if _, err := s.Get(ctx, poison, "hipaa-consent"); !errors.Is(err, consent.ErrNotFound) {
+		t.Errorf("poison record readable: %v", err)
+	}
+	if got := count(t, s, `SELECT count(*) FROM consent_records`); got != n {
+		t.Errorf("%d records stored, want %d (the held one and %d of %d)", got, n, n-1, n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// batches: the held one, the whole queue (failed on the poison record),
+	// then each of its records alone.
+	if len(batches) < 2 || len(batches[1]) != n {
+		sizes := []int{}
+		for _, b := range batches {
+			sizes = append(sizes, len(b))
+		}
+		t.Fatalf("hook batch sizes %v, want the %d queued records together second", sizes, n)
+	}
+	if !slices.IsSortedFunc(batches[1], func(a, b consent.Record) int { return strings.Compare(a.CallSID, b.CallSID) }) {
+		t.Errorf("hook got the batch out of call SID order")
+	}
+}
+
+// TestStatementsPreparedOnce: pgx's default exec mode caches prepared
+// statements per connection, and nothing in Record defeats it (a statement
+// text built per call would): after many Records on a one-connection pool,
+// the insert is one server-side prepared statement, not one per call.
+func TestStatementsPreparedOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := testdb.Postgres(t)
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	s := open(t, url+sep+"pool_max_conns=1", Options{Migrate: true, AfterInsert: func(context.Context, pgx.Tx, []consent.Record) error { return nil }})
+	for range 20 {
+		if _, _, err := s.Record(ctx, storetest.NewRecord(storetest.CallSID(), "hipaa-consent")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := count(t, s, `SELECT count(*) FROM pg_prepared_statements WHERE statement = $1`, insertRecord); n != 1 {
+		t.Fatalf("insert prepared %d times on the connection, want once", n)
+	}
 }

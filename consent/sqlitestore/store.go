@@ -19,9 +19,21 @@
 //   - the readers: a small pool of query_only connections. In WAL mode readers
 //     and the writer do not block each other, so Get never waits behind a
 //     Record.
+//
+// # Group commit and durability
+//
+// Record calls arriving together share one transaction (internal/groupcommit):
+// one committer takes every Record waiting, up to MaxBatch, and inserts them,
+// with the AfterInsert hook's writes, in one IMMEDIATE transaction on the
+// writer. The commit is durable (synchronous=FULL: the WAL is fsynced before
+// COMMIT returns), and a batch pays for one fsync however many decisions it
+// holds. The insert and look-up statements are prepared once on the writer's
+// connection. A caller that gives up while still queued is never written; see
+// groupcommit for the rest of the context rules.
 package sqlitestore
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -29,11 +41,13 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/consentline/consentline/consent"
+	"github.com/consentline/consentline/internal/groupcommit"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
@@ -47,15 +61,21 @@ type Options struct {
 	// caller runs Migrate (e.g. from a separate "migrate" command).
 	Migrate bool
 
-	// AfterInsert, when set, is called inside the transaction that created a
-	// record, right after the insert; it is not called when Record found an
-	// existing record. An error from it rolls the whole transaction back, so
-	// the record and whatever the hook wrote (e.g. an outbox row) are stored
-	// together or not at all.
+	// AfterInsert, when set, is called inside the transaction that created
+	// records, right after the inserts, with the records it created (never
+	// one Record found already stored), ordered by call SID and script id.
+	// An error from it rolls the whole transaction back, so the records and
+	// whatever the hook wrote (e.g. audit entries) are stored together or not
+	// at all; the batch's records are then committed again one at a time, so
+	// a record the hook cannot handle fails alone.
 	//
 	// The hook must use tx, not DB(): the writer has one connection and tx is
 	// holding it, so a statement on DB() would wait until ctx ends.
-	AfterInsert func(ctx context.Context, tx *sql.Tx, rec consent.Record) error
+	AfterInsert func(ctx context.Context, tx *sql.Tx, recs []consent.Record) error
+
+	// MaxBatch is the most records one transaction takes (default
+	// groupcommit.DefaultMaxBatch).
+	MaxBatch int
 }
 
 // Store is the SQLite consent.Store. Its methods are safe for concurrent use.
@@ -63,7 +83,13 @@ type Store struct {
 	write       *sql.DB
 	read        *sql.DB
 	path        string
-	afterInsert func(ctx context.Context, tx *sql.Tx, rec consent.Record) error
+	afterInsert func(ctx context.Context, tx *sql.Tx, recs []consent.Record) error
+	records     *groupcommit.Committer[consent.Record, stored]
+
+	// The hot statements, prepared on the writer's connection at the first
+	// batch (the tables may not exist before Migrate). Only the committer's
+	// one loop goroutine uses them, and Close closes them after it stopped.
+	insertStmt, selectStmt *sql.Stmt
 
 	closeOnce sync.Once
 	closeErr  error
@@ -74,10 +100,16 @@ var _ consent.Store = (*Store)(nil)
 const (
 	// busy_timeout only matters when another process or Store writes the same
 	// file; within one Store writers queue for the single connection.
-	// synchronous=NORMAL in WAL mode is durable against process crashes and
-	// loses at most the last commits on power loss, without an fsync per
-	// commit. foreign_keys is per connection and off by default in SQLite.
-	writeParams = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate"
+	//
+	// synchronous=FULL: in WAL mode every COMMIT fsyncs the WAL before it
+	// returns. A decision is read back to the caller ("you agreed") once
+	// Record returns, so it must survive a power cut from then on;
+	// synchronous=NORMAL survives a process crash but may lose the last
+	// commits when the machine loses power. Group commit shares each fsync
+	// among the batch, which is what makes FULL affordable.
+	//
+	// foreign_keys is per connection and off by default in SQLite.
+	writeParams = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_txlock=immediate"
 	// query_only makes a stray write on a reader fail loudly instead of
 	// becoming a second writer.
 	readParams = "_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=query_only(1)"
@@ -107,6 +139,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	f.Close()
 
 	s := &Store{path: path, afterInsert: opts.AfterInsert}
+	s.records = groupcommit.New(s.commit, groupcommit.Options{MaxBatch: opts.MaxBatch, Grace: commitGrace})
 	s.write, err = sql.Open("sqlite", path+"?"+writeParams)
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: %w", err)
@@ -217,56 +250,144 @@ func scanRecord(row *sql.Row) (consent.Record, error) {
 	return r, nil
 }
 
-// Record implements consent.Store.
+// commitGrace is how long a caller whose context ended while its batch was
+// committing still waits for the outcome.
+const commitGrace = 500 * time.Millisecond
+
+// stored is one Record's outcome.
+type stored struct {
+	rec     consent.Record
+	created bool
+}
+
+// Record implements consent.Store. It validates rec, then queues it for the
+// next batch.
 func (s *Store) Record(ctx context.Context, rec consent.Record) (consent.Record, bool, error) {
 	rec, err := rec.Normalized()
 	if err != nil {
 		return consent.Record{}, false, fmt.Errorf("sqlitestore: record: %w", err)
 	}
-	stored, created, err := s.record(ctx, rec)
+	r, err := s.records.Do(ctx, rec)
 	if err != nil {
 		return consent.Record{}, false, fmt.Errorf("sqlitestore: record %s/%s: %w", rec.CallSID, rec.Script.ID, ctxCause(ctx, err))
 	}
-	return stored, created, nil
+	return r.rec, r.created, nil
 }
 
-func (s *Store) record(ctx context.Context, rec consent.Record) (consent.Record, bool, error) {
+type recordKey struct{ callSID, scriptID string }
+
+func keyOf(rec consent.Record) recordKey { return recordKey{rec.CallSID, rec.Script.ID} }
+
+// commit is the group committer's function: it stores a batch of validated
+// records in one transaction. A (call, script) twice in the batch is stored
+// once: the first to arrive wins and the others get it back, not created.
+// The rest are inserted in (call SID, script id) order, as on PostgreSQL.
+func (s *Store) commit(ctx context.Context, batch []consent.Record) ([]groupcommit.Result[stored], error) {
+	first := make(map[recordKey]int, len(batch))
+	var uniq []int
+	for i, rec := range batch {
+		if _, dup := first[keyOf(rec)]; !dup {
+			first[keyOf(rec)] = i
+			uniq = append(uniq, i)
+		}
+	}
+	slices.SortFunc(uniq, func(a, b int) int {
+		ka, kb := keyOf(batch[a]), keyOf(batch[b])
+		return cmp.Or(strings.Compare(ka.callSID, kb.callSID), strings.Compare(ka.scriptID, kb.scriptID))
+	})
+	recs := make([]consent.Record, len(uniq))
+	for j, i := range uniq {
+		recs[j] = batch[i]
+	}
+	res, err := s.commitTx(ctx, recs)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]groupcommit.Result[stored], len(batch))
+	for j, i := range uniq {
+		out[i].Val = res[j]
+	}
+	for i, rec := range batch {
+		if w := first[keyOf(rec)]; w != i {
+			out[i].Val = stored{rec: out[w].Val.rec}
+		}
+	}
+	return out, nil
+}
+
+// prepare prepares the hot statements on the writer, once.
+func (s *Store) prepare(ctx context.Context) error {
+	if s.insertStmt != nil {
+		return nil
+	}
+	ins, err := s.write.PrepareContext(ctx, insertRecord)
+	if err != nil {
+		return err
+	}
+	sel, err := s.write.PrepareContext(ctx, selectRecord)
+	if err != nil {
+		ins.Close()
+		return err
+	}
+	s.insertStmt, s.selectStmt = ins, sel
+	return nil
+}
+
+// commitTx inserts recs (distinct keys) in one transaction and returns what
+// is stored for each: the record itself (created) or the earlier one.
+func (s *Store) commitTx(ctx context.Context, recs []consent.Record) ([]stored, error) {
+	if err := s.prepare(ctx); err != nil {
+		return nil, err
+	}
 	tx, err := s.write.BeginTx(ctx, nil) // IMMEDIATE: holds the write lock from here
 	if err != nil {
-		return consent.Record{}, false, err
+		return nil, err
 	}
 	defer tx.Rollback()
-
-	var conf sql.NullFloat64
-	if rec.Confidence != nil {
-		conf = sql.NullFloat64{Float64: *rec.Confidence, Valid: true}
-	}
-	res, err := tx.ExecContext(ctx, insertRecord,
-		rec.ID, rec.CallSID, rec.Script.ID, rec.Script.Version, rec.Script.Language, rec.Script.SHA256,
-		string(rec.Decision), string(rec.Source), conf, rec.BargeIn, rec.DisclosureHeardMS, rec.PatientRef,
-		string(rec.From), string(rec.To), string(rec.Transcript), formatTime(rec.DecidedAt), formatTime(time.Now()))
-	if err != nil {
-		return consent.Record{}, false, err
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return consent.Record{}, false, err
-	}
-	if n == 0 {
+	// Bound to tx's connection, which is the one they were prepared on: no
+	// new prepare.
+	ins, sel := tx.StmtContext(ctx, s.insertStmt), tx.StmtContext(ctx, s.selectStmt)
+	out := make([]stored, len(recs))
+	var created []consent.Record
+	now := formatTime(time.Now())
+	for i, rec := range recs {
+		var conf sql.NullFloat64
+		if rec.Confidence != nil {
+			conf = sql.NullFloat64{Float64: *rec.Confidence, Valid: true}
+		}
+		res, err := ins.ExecContext(ctx,
+			rec.ID, rec.CallSID, rec.Script.ID, rec.Script.Version, rec.Script.Language, rec.Script.SHA256,
+			string(rec.Decision), string(rec.Source), conf, rec.BargeIn, rec.DisclosureHeardMS, rec.PatientRef,
+			string(rec.From), string(rec.To), string(rec.Transcript), formatTime(rec.DecidedAt), now)
+		if err != nil {
+			return nil, err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return nil, err
+		}
+		if n == 1 {
+			out[i] = stored{rec: rec, created: true}
+			created = append(created, rec)
+			continue
+		}
 		// The write lock we hold means the conflicting row is committed and
 		// visible to this transaction.
-		existing, err := scanRecord(tx.QueryRowContext(ctx, selectRecord, rec.CallSID, rec.Script.ID))
-		return existing, false, err
+		existing, err := scanRecord(sel.QueryRowContext(ctx, rec.CallSID, rec.Script.ID))
+		if err != nil {
+			return nil, fmt.Errorf("read existing %s/%s: %w", rec.CallSID, rec.Script.ID, err)
+		}
+		out[i] = stored{rec: existing}
 	}
-	if s.afterInsert != nil {
-		if err := s.afterInsert(ctx, tx, rec); err != nil {
-			return consent.Record{}, false, fmt.Errorf("after insert: %w", err)
+	if s.afterInsert != nil && len(created) > 0 {
+		if err := s.afterInsert(ctx, tx, created); err != nil {
+			return nil, fmt.Errorf("after insert: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return consent.Record{}, false, err
+		return nil, err
 	}
-	return rec, true, nil
+	return out, nil
 }
 
 // Get implements consent.Store.
@@ -399,7 +520,15 @@ func (s *Store) Ping(ctx context.Context) error {
 // to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		// Queued records commit first; after this no batch runs, so the
+		// statements are free to close.
+		s.records.Close()
 		var errs []error
+		for _, st := range []*sql.Stmt{s.insertStmt, s.selectStmt} {
+			if st != nil {
+				errs = append(errs, st.Close())
+			}
+		}
 		if s.read != nil {
 			errs = append(errs, s.read.Close())
 		}

@@ -111,23 +111,112 @@ func BenchmarkDecisionsEmbedded(b *testing.B) {
 	}
 }
 
+// BenchmarkStatusCallbacks measures signed status callbacks per second:
+// each the final one of a new call that ended without a decision, so the
+// instance records no_response (per-call lock, the record and its audit
+// entry) and relays call.completed (its audit entry), each with a River
+// delivery job, as serve does with ZAPIER_WEBHOOK_URL set.
+//
+//	go test ./internal/integration -run '^$' -bench StatusCallbacks -benchtime 3000x
+func BenchmarkStatusCallbacks(b *testing.B) {
+	b.Run("postgres+redis", func(b *testing.B) {
+		c := newCluster(b, clusterOptions{instances: 1, deliver: true, callCompleted: true})
+		benchStatus(b, c.instances[0].srv.Config.Handler, func() int {
+			var n int
+			if err := c.admin.QueryRow(context.Background(), `SELECT count(*) FROM consent_records`).Scan(&n); err != nil {
+				b.Fatal(err)
+			}
+			return n
+		})
+	})
+	b.Run("embedded", func(b *testing.B) {
+		ctx := context.Background()
+		keys, err := pii.NewKeyring(testKey)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ob, err := relay.NewOutbox(keys, true)
+		if err != nil {
+			b.Fatal(err)
+		}
+		store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: ob.SQLiteAfterInsert})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { store.Close() })
+		if err := relay.MigrateSQLite(ctx, store.DB()); err != nil {
+			b.Fatal(err)
+		}
+		cfg, err := newApp(ctx, store, memlock.New(), store.Ping, keys, twiml.Builtin(), slog.New(slog.NewJSONHandler(io.Discard, nil)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		rel, err := benchRelay(ctx, store, keys, true, func(c relay.Config) (*relay.Relay, error) { return relay.NewSQLite(store.DB(), c) })
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.CallCompleted = callCompleted(rel)
+		benchStatus(b, ivr.New(cfg), func() int {
+			var n int
+			if err := store.DB().QueryRow(`SELECT count(*) FROM consent_records`).Scan(&n); err != nil {
+				b.Fatal(err)
+			}
+			return n
+		})
+	})
+}
+
 var benchRun atomic.Int64
 
+// benchDecisions: each operation is a Gather callback deciding a new call.
 func benchDecisions(b *testing.B, handler http.Handler, count func() int) {
 	action := publicBase + ivr.PathGather + "?attempt=0&lang=en-US&t0=1800000000000"
-	target := strings.TrimPrefix(action, publicBase)
 	answers := []url.Values{
 		{"SpeechResult": {"yes I agree"}, "Confidence": {"0.91"}},
 		{"SpeechResult": {"no I do not agree"}, "Confidence": {"0.88"}},
 		{"Digits": {"1"}},
 	}
+	benchWebhooks(b, handler, count, "decisions/s", action, func(i int64) url.Values {
+		return answers[i%int64(len(answers))]
+	}, func(code int, body string) (bool, error) {
+		if code != http.StatusOK {
+			return false, fmt.Errorf("status %d: %s", code, body)
+		}
+		return strings.Contains(body, "<Hangup"), nil // else a hold, or a re-prompt: no decision
+	})
+}
+
+// benchStatus: each operation is the final status callback of a new call
+// that ended without a decision: a no_response record and the
+// call.completed event (each with its audit entry).
+func benchStatus(b *testing.B, handler http.Handler, count func() int) {
+	benchWebhooks(b, handler, count, "callbacks/s", publicBase+ivr.PathStatus, func(int64) url.Values {
+		return url.Values{"CallStatus": {"completed"}, "CallDuration": {"42"}}
+	}, func(code int, body string) (bool, error) {
+		switch code {
+		case http.StatusNoContent:
+			return true, nil
+		case http.StatusServiceUnavailable:
+			return false, nil // not taken: Twilio would retry
+		}
+		return false, fmt.Errorf("status %d: %s", code, body)
+	})
+}
+
+// benchWebhooks plays b.N signed webhooks to action, one new call each,
+// from benchParallelism × GOMAXPROCS goroutines, and reports the rate as
+// unit with p50/p99/max latency. ok says whether an answer recorded its
+// call; count must grow by one record per operation.
+func benchWebhooks(b *testing.B, handler http.Handler, count func() int, unit, action string,
+	params func(i int64) url.Values, ok func(code int, body string) (bool, error)) {
+	target := strings.TrimPrefix(action, publicBase)
 	twilio := &twiliosim.Twilio{PublicBaseURL: publicBase, AuthToken: authToken, AccountSID: accountSID}
 	run := benchRun.Add(1) // call SIDs distinct across b.N rounds
 	before := count()
 
 	var (
 		next      atomic.Int64
-		holds     atomic.Int64
+		missed    atomic.Int64
 		mu        sync.Mutex
 		latencies = make([]time.Duration, 0, b.N)
 	)
@@ -139,21 +228,21 @@ func benchDecisions(b *testing.B, handler http.Handler, count func() int) {
 		for pb.Next() {
 			i := next.Add(1)
 			call := &twiliosim.Call{Twilio: twilio, SID: fmt.Sprintf("CA%08d%024d", run, i), From: "+14155550123", To: "+18005550199"}
-			params := call.Params(answers[i%int64(len(answers))])
-			req := httptest.NewRequest(http.MethodPost, target, strings.NewReader(params.Encode()))
+			p := call.Params(params(i))
+			req := httptest.NewRequest(http.MethodPost, target, strings.NewReader(p.Encode()))
 			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			req.Header.Set("X-Twilio-Signature", twiliosim.Sign(authToken, action, params))
+			req.Header.Set("X-Twilio-Signature", twiliosim.Sign(authToken, action, p))
 			w := httptest.NewRecorder()
 
 			start := time.Now()
 			handler.ServeHTTP(w, req)
 			mine = append(mine, time.Since(start))
 
-			switch body := w.Body.String(); {
-			case w.Code != http.StatusOK:
-				b.Errorf("status %d: %s", w.Code, body)
-			case !strings.Contains(body, "<Hangup"):
-				holds.Add(1) // a hold, or a re-prompt: no decision
+			recorded, err := ok(w.Code, w.Body.String())
+			if err != nil {
+				b.Error(err)
+			} else if !recorded {
+				missed.Add(1)
 			}
 		}
 		mu.Lock()
@@ -162,16 +251,16 @@ func benchDecisions(b *testing.B, handler http.Handler, count func() int) {
 	})
 	b.StopTimer()
 
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "decisions/s")
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), unit)
 	slices.Sort(latencies)
 	b.ReportMetric(ms(latencies[len(latencies)/2]), "p50-ms")
 	b.ReportMetric(ms(latencies[len(latencies)*99/100]), "p99-ms")
 	b.ReportMetric(ms(latencies[len(latencies)-1]), "max-ms")
-	if h := holds.Load(); h > 0 {
-		b.Errorf("%d of %d callbacks decided nothing (held: a dependency failed or timed out)", h, b.N)
+	if h := missed.Load(); h > 0 {
+		b.Errorf("%d of %d callbacks recorded nothing (a dependency failed or timed out)", h, b.N)
 	}
 	if got := count() - before; got != b.N {
-		b.Errorf("%d records for %d decisions", got, b.N)
+		b.Errorf("%d records for %d webhooks", got, b.N)
 	}
 }
 

@@ -75,6 +75,9 @@ type clusterOptions struct {
 	// deliver turns the outbox's Zapier delivery jobs on (serve does with
 	// ZAPIER_WEBHOOK_URL set); the jobs are queued, not worked.
 	deliver bool
+	// callCompleted relays status callbacks' call.completed events, as
+	// serve does (a relay on the instance's pool; its workers not started).
+	callCompleted bool
 }
 
 // cluster is several ConsentLine instances sharing one PostgreSQL database
@@ -200,6 +203,15 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 			t.Fatalf("instance %d: %v", i, err)
 		}
 		cfg.FetchCallStatus = ivr.TwilioCallStatus(c.twilioAPI())
+		if o.callCompleted {
+			rel, err := benchRelay(ctx, in.store, keys, o.deliver, func(c relay.Config) (*relay.Relay, error) {
+				return relay.NewPostgres(in.store.Pool(), c)
+			})
+			if err != nil {
+				t.Fatalf("instance %d: %v", i, err)
+			}
+			cfg.CallCompleted = callCompleted(rel)
+		}
 		in.app = ivr.New(cfg)
 		in.srv = httptest.NewServer(c.timed(in.app))
 		in.twilio = &twiliosim.Twilio{PublicBaseURL: publicBase, Target: in.srv.URL, AuthToken: authToken, AccountSID: accountSID, HTTP: c.http}
@@ -228,8 +240,8 @@ func (c *cluster) checkAudit(keys *pii.Keyring) {
 	// call.completed entries (event id cc_<CallSid>) belong to no record.
 	err := c.admin.QueryRow(ctx, `SELECT
 	    (SELECT count(*) FROM consent_records),
-	    (SELECT count(*) FROM relay_audit WHERE type <> 'call.completed'),
-	    (SELECT count(*) FROM consent_records r FULL JOIN (SELECT * FROM relay_audit WHERE type <> 'call.completed') a ON a.event_id = r.id
+	    (SELECT count(*) FROM relay_audit WHERE type LIKE 'consent.%'),
+	    (SELECT count(*) FROM consent_records r FULL JOIN (SELECT * FROM relay_audit WHERE type LIKE 'consent.%') a ON a.event_id = r.id
 	        WHERE (r.id IS NULL OR a.event_id IS NULL))`).Scan(&records, &entries, &orphans)
 	if err != nil {
 		c.t.Errorf("audit check: %v", err)
@@ -286,6 +298,32 @@ func newApp(ctx context.Context, store consent.Store, locker consent.Locker, rea
 		},
 		Logger: log,
 	}, nil
+}
+
+// benchRelay builds a relay as serve's newRelay does (Zapier delivery on
+// when deliver, to an address never contacted: the workers are not
+// started).
+func benchRelay(ctx context.Context, store consent.Store, keys *pii.Keyring, deliver bool, open func(relay.Config) (*relay.Relay, error)) (*relay.Relay, error) {
+	pseudonyms, err := pii.LoadPseudonymizer(ctx, store, keys)
+	if err != nil {
+		return nil, err
+	}
+	cfg := relay.Config{Keyring: keys, Pseudonymizer: pseudonyms}
+	if deliver {
+		if cfg.Signer, err = relay.ParseSigningSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"); err != nil {
+			return nil, err
+		}
+		cfg.WebhookURL = "http://127.0.0.1:9/hooks/catch/never/"
+	}
+	return open(cfg)
+}
+
+// callCompleted mirrors cmd/consentline's ivr.Config.CallCompleted.
+func callCompleted(rel *relay.Relay) func(context.Context, ivr.CallStatus) error {
+	return func(ctx context.Context, c ivr.CallStatus) error {
+		_, _, err := rel.RecordCallCompleted(ctx, relay.CallCompleted{CallSID: c.CallSID, From: c.From, To: c.To, At: time.Now()})
+		return err
+	}
 }
 
 // ready mirrors cmd/consentline's backends.ready.

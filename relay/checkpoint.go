@@ -59,8 +59,9 @@ const CheckpointMessageSize = len(CheckpointDomain) + 4 + 8 + sha256.Size + 8
 // (hash, public_key and signature as exported by `consentline audit
 // checkpoint`, which also gives the message itself, base64):
 //
+//	SIGNED_AT_MS=$(date -d SIGNED_AT +%s%3N)
 //	printf 'consentline/audit-checkpoint/v1\0' > msg
-//	printf '%08x%016x%s%016x' CHAIN SEQ HASH SIGNED_AT_MS | xxd -r -p >> msg
+//	printf '%08x%016x%s%016x' CHAIN SEQ HASH $SIGNED_AT_MS | xxd -r -p >> msg
 //	echo SIGNATURE | base64 -d > sig
 //	openssl pkeyutl -verify -pubin -inkey audit-pubkey.pem -rawin -in msg -sigfile sig
 func CheckpointMessage(chain int, seq int64, hash string, signedAt time.Time) ([]byte, error) {

@@ -347,8 +347,10 @@ func (r *Relay) Checkpointer(s *AuditSigner, p CheckpointPolicy) (*Checkpointer,
 }
 
 // Checkpoint signs the head of every chain that has entries after its last
-// checkpoint, now, and returns the new checkpoints (`consentline audit
-// checkpoint`, and the loop's last pass at shutdown).
+// checkpoint, now, and returns what it signed (`consentline audit
+// checkpoint`, and the loop's last pass at shutdown). When another instance
+// stored a checkpoint of the same head first, theirs is kept and this one
+// dropped.
 func (c *Checkpointer) Checkpoint(ctx context.Context) ([]Checkpoint, error) {
 	return c.pass(ctx, true)
 }
@@ -370,7 +372,7 @@ func (c *Checkpointer) Run(ctx context.Context) {
 			return
 		}
 		if len(cps) > 0 {
-			c.log.InfoContext(ctx, "audit checkpoint signed", "chains", len(cps), "key_id", c.signer.KeyID())
+			c.log.DebugContext(ctx, "audit checkpoint signed", "chains", len(cps), "key_id", c.signer.KeyID())
 		}
 		if err != nil {
 			if msg := err.Error(); msg != lastErr || time.Since(lastLogged) >= c.p.Interval {

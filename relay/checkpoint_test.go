@@ -17,6 +17,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/consent/sqlitestore"
 )
 
 // testSigner is a fixed key (the seed 0x01 0x02 ... 0x20).
@@ -692,5 +695,81 @@ func TestCheckpointersRace(t *testing.T) {
 				t.Fatal("Run did not return after cancel")
 			}
 		})
+	}
+}
+
+// benchLog is a SQLite log of n calls (2n entries) signed every 100
+// entries per chain.
+func benchLog(b *testing.B, n int) (cpEnv, *Checkpointer) {
+	b.Helper()
+	ctx := context.Background()
+	k := keyring(b, hexA, "")
+	outbox, err := NewOutbox(k, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { store.Close() })
+	if err := MigrateSQLite(ctx, store.DB()); err != nil {
+		b.Fatal(err)
+	}
+	key, _ := pii.NewPseudonymKey()
+	clock := newClock()
+	r, err := NewSQLite(store.DB(), Config{Keyring: k, Pseudonymizer: pii.NewPseudonymizer(key), Now: clock.Now})
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := cpEnv{&env{store: store, relay: r, keyring: k, clock: clock}, false}
+	c, err := e.relay.Checkpointer(testSigner(b), CheckpointPolicy{Every: 100})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range n {
+		sid := fmt.Sprintf("CAbench%d", i)
+		if _, _, err := e.store.Record(ctx, record(b, e.keyring, "", sid)); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := e.relay.RecordCallCompleted(ctx, CallCompleted{CallSID: sid, At: e.clock.Now()}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Due(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := c.Checkpoint(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return e, c
+}
+
+// BenchmarkCheckpointIdlePass: what the loop costs every Poll when nothing
+// is due (two index lookups per chain).
+func BenchmarkCheckpointIdlePass(b *testing.B) {
+	_, c := benchLog(b, 200)
+	ctx := context.Background()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := c.Due(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkVerifyAuditSigned: a whole verify of 4,000 entries and their
+// checkpoints.
+func BenchmarkVerifyAuditSigned(b *testing.B) {
+	e, _ := benchLog(b, 2000)
+	ctx := context.Background()
+	opts := trusting(testSigner(b))
+	b.ResetTimer()
+	for b.Loop() {
+		res, err := e.relay.VerifyAuditSigned(ctx, opts)
+		if err != nil || res.Unsigned != 0 {
+			b.Fatal(res, err)
+		}
+		b.ReportMetric(float64(res.Checkpoints), "checkpoints")
 	}
 }

@@ -122,14 +122,15 @@ func (r *Relay) Event(ctx context.Context, eventID string) (AuditEntry, error) {
 	return r.b.entry(ctx, eventID)
 }
 
-// VerifyAudit walks every audit chain (`audit verify`), ordered by chain
-// and seq. A broken chain is a *ChainError naming the first bad entry's
-// chain, seq and event id; the result then covers what was verified before
-// it.
+// VerifyAudit walks every audit chain, ordered by chain and seq, and
+// checks every signed checkpoint against it (VerifyAuditSigned, trusting
+// any key whose signature verifies; `audit verify` also names the keys to
+// trust). A broken chain is a *ChainError naming the first bad entry's
+// chain, seq and event id, a bad checkpoint a *CheckpointError; the result
+// then covers what was verified before it.
 func (r *Relay) VerifyAudit(ctx context.Context) (VerifyResult, error) {
-	v := newAuditVerifier()
-	err := r.b.walk(ctx, v.check)
-	return v.result(), err
+	res, err := r.VerifyAuditSigned(ctx, VerifyOptions{})
+	return res.VerifyResult, err
 }
 
 // Decrypt opens a value for the `decrypt VALUE` command: a single JWE

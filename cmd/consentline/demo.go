@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -144,11 +145,29 @@ func demo(ctx context.Context, stdout io.Writer) error {
 		return err
 	}
 	p.f("\nIts relay event, as the Zapier catch hook and the audit log get it (PII as JWE):\n  %s\n", event.String())
-	verified, err := rel.VerifyAudit(ctx)
+	// Sign the chain head, as serve's checkpoint loop does, and verify the
+	// log against the signature.
+	signer, _, err := auditSigner(ctx, nil, b.store, keys)
+	if err != nil {
+		return err
+	}
+	checkpoints, err := rel.Checkpointer(signer, relay.CheckpointPolicy{})
+	if err != nil {
+		return err
+	}
+	signed, err := checkpoints.Checkpoint(ctx)
+	if err != nil {
+		return err
+	}
+	verified, err := rel.VerifyAuditSigned(ctx, relay.VerifyOptions{TrustedKeys: []ed25519.PublicKey{signer.PublicKey()}})
 	if err != nil {
 		return err
 	}
 	p.f("\nAudit chain verified: %d entries (consent and call.completed), head %s\n", verified.Entries, verified.Head)
+	for _, cp := range signed {
+		p.f("Signed checkpoint: chain %d seq %d hash %s at %s, Ed25519 key %s, signature %s\n",
+			cp.Chain, cp.Seq, cp.Hash, cp.SignedAt, cp.KeyID, cp.Signature)
+	}
 	return p.err
 }
 

@@ -4,7 +4,7 @@
 //	consentline demo      a whole simulated call against a throwaway server
 //	consentline migrate   apply database migrations and exit
 //	consentline relay     list failed deliveries, replay one
-//	consentline audit     verify the audit log's hash chain
+//	consentline audit     verify the audit log (hash chains and signed checkpoints), sign and export its heads
 //	consentline decrypt   decrypt a JWE field or a whole relay event
 package main
 
@@ -28,8 +28,13 @@ commands:
             deliveries to Zapier that are dead-lettered, exhausted or failing (no PHI)
   relay replay EVENT_ID
             queue one event for delivery again
-  audit verify
-            walk the audit log's hash chain; names the first broken entry
+  audit verify [--heads FILE] [--pubkey KEY]...
+            walk the audit log's hash chains and check every signed checkpoint (and the
+            heads kept in FILE); names the first broken entry or checkpoint
+  audit checkpoint
+            sign every chain head now and print the signed heads as JSON (keep it elsewhere)
+  audit pubkey
+            print the public key that verifies the audit log's checkpoints
   decrypt VALUE
             decrypt a JWE field or a whole relay event with ENCRYPTION_KEY(S_RETIRED);
             "-" reads VALUE from stdin. The output is PHI: keep it on your terminal.
@@ -63,7 +68,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "relay":
 		err = relayCommand(ctx, args[1:], getenv, stdout)
 	case "audit":
-		err = auditCommand(ctx, args[1:], getenv, stdout)
+		err = auditCommand(ctx, args[1:], getenv, stdout, stderr)
 	case "decrypt":
 		err = decryptCommand(args[1:], getenv, stdout)
 	case "help", "-h", "--help":

@@ -50,6 +50,8 @@ func TestSettingsErrors(t *testing.T) {
 		{"zapier without secret", map[string]string{"ZAPIER_WEBHOOK_URL": "https://hooks.zapier.com/hooks/catch/1/abc/"}, "RELAY_SIGNING_SECRET is required"},
 		{"mysql URL", map[string]string{"DATABASE_URL": "mysql://x"}, "DATABASE_URL must be a postgres://"},
 		{"bad redis URL", map[string]string{"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL"},
+		{"audit key not base64", map[string]string{"AUDIT_SIGNING_KEY": "not-base64-at-all!"}, "AUDIT_SIGNING_KEY is malformed: not base64 (make one with: openssl rand -base64 32)"},
+		{"short audit key", map[string]string{"AUDIT_SIGNING_KEY": "c2hvcnQta2V5LW9mLTE4Yg=="}, "AUDIT_SIGNING_KEY is malformed: want base64 of a 32-byte Ed25519 seed, got 16 bytes (make one with: openssl rand -base64 32)"},
 		{"missing disclosure file", map[string]string{"DISCLOSURE_FILE": "/nonexistent/scripts.yaml"}, "DISCLOSURE_FILE"},
 	}
 	for _, tc := range cases {
@@ -158,6 +160,9 @@ func TestServeStartsAndStops(t *testing.T) {
 	}
 	if status != http.StatusOK {
 		t.Fatalf("/readyz = %d", status)
+	}
+	if !strings.Contains(stdout.String(), `"audit_key_id":`) {
+		t.Errorf("serve did not log its audit signing key id: %s", stdout.String())
 	}
 	if _, err := os.Stat(filepath.Join(env["DATA_DIR"], "consentline.db")); err != nil {
 		t.Errorf("no embedded database in DATA_DIR: %v", err)

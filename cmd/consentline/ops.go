@@ -122,31 +122,6 @@ func stateName(s string) string {
 	return s
 }
 
-// auditCommand: `audit verify` walks the audit log's hash chains.
-func auditCommand(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	if len(args) != 1 || args[0] != "verify" {
-		return badSettings{errors.New("usage: consentline audit verify")}
-	}
-	rel, done, err := openRelay(ctx, getenv)
-	if err != nil {
-		return err
-	}
-	defer done()
-	res, err := rel.VerifyAudit(ctx)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "audit chains intact: %d entries in %d chains, head %s\n", res.Entries, len(res.Chains), res.Head)
-	// The combined head changes with every append, so it only shows that
-	// something changed; what a later verify can be checked against is each
-	// chain's head at its seq.
-	for _, c := range res.Chains {
-		fmt.Fprintf(stdout, "  chain %2d: seq %d, head %s\n", c.Chain, c.Seq, c.Hash)
-	}
-	fmt.Fprintln(stdout, "(keep these heads outside the database: a later verify then also proves nothing was cut off the end, when each chain's entry at the kept seq still has the kept hash)")
-	return nil
-}
-
 // decryptCommand: `decrypt VALUE` (or `decrypt -` to read it from stdin, so
 // the value stays out of the shell history). The output is PHI.
 func decryptCommand(args []string, getenv func(string) string, stdout io.Writer) error {

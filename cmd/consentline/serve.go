@@ -65,6 +65,25 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		}
 	}()
 
+	// Checkpoints: the chain heads are signed in the background (every
+	// relay.DefaultCheckpointEvery entries, or a minute with anything new);
+	// every instance runs the loop, and a head two sign at once is kept once.
+	signer, keySource, err := auditSigner(ctx, s.AuditSigner, b.store, s.Keys)
+	if err != nil {
+		return err
+	}
+	checkpoints, err := rel.Checkpointer(signer, relay.CheckpointPolicy{})
+	if err != nil {
+		return err
+	}
+	cpCtx, stopCheckpoints := context.WithCancel(context.WithoutCancel(ctx))
+	cpDone := make(chan struct{})
+	go func() {
+		defer close(cpDone)
+		checkpoints.Run(cpCtx)
+	}()
+	defer func() { stopCheckpoints(); <-cpDone }()
+
 	srv := &http.Server{
 		Addr:              net.JoinHostPort("", strconv.Itoa(s.Port)),
 		Handler:           app,
@@ -83,7 +102,8 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		app.Sweep(sweepCtx, sweepInterval, sweepGrace)
 	}()
 	log.Info("consentline serving", "port", s.Port, "database", b.kind, "lock", b.lockKind,
-		"public_base_url", s.PublicBaseURL, "relay_to_zapier", rel.Delivering())
+		"public_base_url", s.PublicBaseURL, "relay_to_zapier", rel.Delivering(),
+		"audit_key_id", signer.KeyID(), "audit_key", keySource)
 
 	select {
 	case err := <-errc:
@@ -106,6 +126,13 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	<-sweepDone
 	if err := app.Drain(shutdownCtx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
+	}
+	// Then the checkpoint loop, and one last pass signing what the drained
+	// decisions appended.
+	stopCheckpoints()
+	<-cpDone
+	if _, err := checkpoints.Checkpoint(shutdownCtx); err != nil {
+		log.Error("audit checkpoint at shutdown", "error", err)
 	}
 	return nil
 }

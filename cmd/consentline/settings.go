@@ -29,6 +29,10 @@ type settings struct {
 	RelaySigningSecret string
 	RelayRescueAfter   time.Duration // 0: relay.DefaultRescueAfter
 
+	// AuditSigner is AUDIT_SIGNING_KEY's; nil: the key generated once and
+	// stored sealed in the database (auditSigner).
+	AuditSigner *relay.AuditSigner
+
 	DatabaseURL string
 	RedisURL    string
 	DataDir     string
@@ -90,6 +94,9 @@ func loadSettings(getenv func(string) string) (*settings, error) {
 	}
 
 	if err := s.loadRelay(getenv); err != nil {
+		return nil, err
+	}
+	if s.AuditSigner, err = relay.ParseAuditSigningKey(getenv("AUDIT_SIGNING_KEY")); err != nil {
 		return nil, err
 	}
 

@@ -56,6 +56,20 @@ const (
 	SourceStatusCallback Source = "status_callback"
 )
 
+// Timing says where a record's disclosure timings (DisclosureHeardMS,
+// BargeIn, MustHearComplete) come from. The values are the relay event's
+// `timing` field (CONTRACT.md §3).
+type Timing string
+
+const (
+	// TimingMeasured: measured on the call's media stream.
+	TimingMeasured Timing = "measured"
+	// TimingEstimated: no stream audio reached ConsentLine for the call;
+	// the timings are an estimate from the script's speaking time and the
+	// webhooks' arrival.
+	TimingEstimated Timing = "estimated"
+)
+
 // ScriptRef identifies the exact disclosure text a caller heard.
 type ScriptRef struct {
 	ID       string `json:"id"`
@@ -88,6 +102,11 @@ type Record struct {
 	// the disclosure had played by then.
 	BargeIn           bool
 	DisclosureHeardMS int64
+	// MustHearComplete is whether the must-hear part of the disclosure had
+	// finished before the answer began; Timing says whether these three
+	// were measured or estimated.
+	MustHearComplete bool
+	Timing           Timing
 
 	// PatientRef is a keyed pseudonym of the caller's number, stable across
 	// encryption-key rotation.

@@ -85,9 +85,21 @@ type Answer struct {
 	// Confidence is the recognizer's confidence in [0,1]; nil when the
 	// recognizer gave none.
 	Confidence *float64
-	// BargeIn and HeardMS say where in the disclosure the answer came.
+	// Heard says where in the disclosure the answer came.
+	Heard Heard
+}
+
+// Heard is how much of the disclosure the caller had heard when their
+// answer began (or the call ended), and how that is known.
+type Heard struct {
+	// MS is how much of the disclosure had played.
+	MS int64
+	// BargeIn: the answer began while the disclosure was still playing.
 	BargeIn bool
-	HeardMS int64
+	// MustHearComplete: the must-hear part had finished before it.
+	MustHearComplete bool
+	// Timing: measured on the media stream, or estimated.
+	Timing Timing
 }
 
 // Outcome is what Decide concluded.
@@ -194,8 +206,8 @@ func (s *Service) Unsettled(ctx context.Context, startedBefore time.Time, limit 
 
 // RecordNoResponse records that the call ended, or the caller ran out of
 // re-prompts, without a decision. It does nothing when a decision exists.
-func (s *Service) RecordNoResponse(ctx context.Context, c Call, source Source, heardMS int64) (Record, bool, error) {
-	return s.record(ctx, Answer{Call: c, Source: source, HeardMS: heardMS}, NoResponse)
+func (s *Service) RecordNoResponse(ctx context.Context, c Call, source Source, heard Heard) (Record, bool, error) {
+	return s.record(ctx, Answer{Call: c, Source: source, Heard: heard}, NoResponse)
 }
 
 // recorded is what one (possibly shared) record call produced.
@@ -263,8 +275,10 @@ func (s *Service) insert(held context.Context, a Answer, d Decision) (Record, bo
 		Decision:          d,
 		Source:            a.Source,
 		Confidence:        a.Confidence,
-		BargeIn:           a.BargeIn,
-		DisclosureHeardMS: a.HeardMS,
+		BargeIn:           a.Heard.BargeIn,
+		DisclosureHeardMS: a.Heard.MS,
+		MustHearComplete:  a.Heard.MustHearComplete,
+		Timing:            a.Heard.Timing,
 		PatientRef:        s.cfg.PatientRef(a.From),
 		DecidedAt:         s.cfg.Now().UTC(),
 	}

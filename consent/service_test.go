@@ -80,7 +80,8 @@ func TestConcurrentDeliveriesCoalesce(t *testing.T) {
 		done.Add(1)
 		go func() {
 			defer done.Done()
-			a := consent.Answer{Call: call, Source: consent.SourceDTMF, Intent: consent.Agree}
+			a := consent.Answer{Call: call, Source: consent.SourceDTMF, Intent: consent.Agree,
+				Heard: consent.Heard{MS: 9000, MustHearComplete: true, Timing: consent.TimingEstimated}}
 			if i%2 == 1 {
 				a.Intent = consent.Decline
 			}
@@ -139,7 +140,8 @@ func TestBusyLockReadsHolderDecisionBack(t *testing.T) {
 	}
 	got := make(chan consent.Outcome, 1)
 	go func() {
-		out, err := svc.Decide(ctx, consent.Answer{Call: call, Source: consent.SourceDTMF, Intent: consent.Decline})
+		out, err := svc.Decide(ctx, consent.Answer{Call: call, Source: consent.SourceDTMF, Intent: consent.Decline,
+			Heard: consent.Heard{Timing: consent.TimingEstimated}})
 		if err != nil {
 			t.Error(err)
 		}
@@ -149,7 +151,8 @@ func TestBusyLockReadsHolderDecisionBack(t *testing.T) {
 	// It records its decision (a grant) straight in the shared store, then
 	// releases.
 	theirs := consent.Record{ID: "11111111-2222-3333-4444-555555555555", CallSID: call.CallSID, Script: call.Script,
-		Decision: consent.Granted, Source: consent.SourceDTMF, PatientRef: "ref", DecidedAt: time.Now().UTC()}
+		Decision: consent.Granted, Source: consent.SourceDTMF, PatientRef: "ref", DecidedAt: time.Now().UTC(),
+		Timing: consent.TimingEstimated, MustHearComplete: true}
 	if _, created, err := sq.Record(ctx, theirs); err != nil || !created {
 		t.Fatalf("holder's record: created %v, %v", created, err)
 	}

@@ -29,6 +29,12 @@ func (rec Record) Normalized() (Record, error) {
 	case rec.DisclosureHeardMS < 0:
 		return rec, fmt.Errorf("disclosure heard ms %d is negative", rec.DisclosureHeardMS)
 	}
+	switch rec.Timing {
+	case TimingMeasured, TimingEstimated:
+	default:
+		// Never guessed: a timing nobody labelled is not evidence.
+		return rec, fmt.Errorf("unknown timing %q: want measured or estimated", rec.Timing)
+	}
 	switch rec.Decision {
 	case Granted, Declined, NoResponse:
 	default:

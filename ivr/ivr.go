@@ -261,7 +261,7 @@ func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 	}
 
 	answer := consent.Answer{Call: s.call(r, script)}
-	answer.HeardMS, answer.BargeIn = st.heard(script, now)
+	answer.Heard = st.heard(script, now)
 	if digits != "" {
 		answer.Source = consent.SourceDTMF
 		answer.Intent = script.IntentForDigits(digits)
@@ -277,7 +277,7 @@ func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 			return out, err
 		}
 		// The last re-prompt went unanswered too: close as no_response.
-		rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, answer.Call, answer.Source, answer.HeardMS)
+		rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, answer.Call, answer.Source, answer.Heard)
 		out.Recorded, out.Created, out.Record = err == nil, created, rec
 		return out, err
 	})
@@ -417,7 +417,8 @@ func callEnded(status string) bool {
 // closeCall records no_response for a call that ended without a decision
 // (nothing when it has one) and relays call.completed.
 func (s *Server) closeCall(ctx context.Context, call consent.Call, status string, duration time.Duration) error {
-	rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, call, consent.SourceStatusCallback, 0)
+	// Nothing says how much of the disclosure a caller who hung up heard.
+	rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, call, consent.SourceStatusCallback, consent.Heard{Timing: consent.TimingEstimated})
 	if err != nil {
 		return fmt.Errorf("recording no_response: %w", err)
 	}

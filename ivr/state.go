@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -48,18 +49,22 @@ func parseFlowState(q url.Values, now time.Time) flowState {
 // answered at now, and whether they interrupted it. Twilio does not report
 // the barge-in point for <Gather>; until the media stream measures it, the
 // estimate is elapsed time against the script's estimated speaking time.
-// Re-prompts come after the whole disclosure.
-func (s flowState) heard(script *twiml.Script, now time.Time) (heardMS int64, bargeIn bool) {
+// Re-prompts come after the whole disclosure. The result is labelled
+// estimated.
+//
+// MustHearComplete needs no estimate for a Gather's answer: the must-hear
+// part is spoken before the <Gather> opens, outside it, so Twilio takes no
+// answer until it has finished.
+func (s flowState) heard(script *twiml.Script, now time.Time) consent.Heard {
+	h := consent.Heard{Timing: consent.TimingEstimated, MustHearComplete: true}
 	total := script.MustHearMS() + script.InterruptibleMS()
+	h.MS = total
 	if s.Attempt > 0 {
-		return total, false
+		return h
 	}
-	elapsed := now.Sub(s.Started).Milliseconds()
-	if elapsed < 0 {
-		elapsed = 0
-	}
+	elapsed := max(now.Sub(s.Started).Milliseconds(), 0)
 	if elapsed < total {
-		return elapsed, true
+		h.MS, h.BargeIn = elapsed, true
 	}
-	return total, false
+	return h
 }

@@ -47,11 +47,15 @@ type Event struct {
 	// Confidence is absent for DTMF and for decisions not taken from an
 	// answer.
 	Confidence *float64 `json:"confidence,omitempty"`
-	// Disclosure, DisclosureHeardMS and BargeIn are present on consent
-	// events and absent on call.completed, which is about no disclosure.
+	// Disclosure, DisclosureHeardMS, BargeIn, MustHearComplete and Timing
+	// are present on consent events and absent on call.completed, which is
+	// about no disclosure. Timing says whether the three timings before it
+	// were measured on the media stream or estimated.
 	Disclosure        *consent.ScriptRef `json:"disclosure,omitempty"`
 	DisclosureHeardMS *int64             `json:"disclosure_heard_ms,omitempty"`
 	BargeIn           *bool              `json:"barge_in,omitempty"`
+	MustHearComplete  *bool              `json:"must_hear_complete,omitempty"`
+	Timing            consent.Timing     `json:"timing,omitempty"`
 	PatientRef        string             `json:"patient_ref,omitempty"`
 	// From, To and Transcript are JWE compact strings (never plaintext);
 	// absent when unknown or when RELAY_PII=omit.
@@ -113,7 +117,7 @@ func NewConsentEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
 		return Event{}, errors.New("relay: consent record without id or call sid")
 	}
 	script := rec.Script
-	heard, bargeIn := rec.DisclosureHeardMS, rec.BargeIn
+	heard, bargeIn, mustHear := rec.DisclosureHeardMS, rec.BargeIn, rec.MustHearComplete
 	ev := Event{
 		ID:                rec.ID,
 		Type:              typ,
@@ -123,6 +127,8 @@ func NewConsentEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
 		Disclosure:        &script,
 		DisclosureHeardMS: &heard,
 		BargeIn:           &bargeIn,
+		MustHearComplete:  &mustHear,
+		Timing:            rec.Timing,
 		PatientRef:        rec.PatientRef,
 	}
 	if rec.Confidence != nil { // copied: the event must not alias the record

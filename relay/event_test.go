@@ -29,6 +29,7 @@ func TestConsentEventJSON(t *testing.T) {
 		"id": "rec_1", "type": "consent.granted", "occurred_at": "2026-03-01T12:00:00.123Z",
 		"call_sid": "CA123", "source": "speech", "confidence": 0.93,
 		"disclosure_heard_ms": float64(12345), "barge_in": true,
+		"must_hear_complete": true, "timing": "estimated",
 		"patient_ref": "pr_0123456789abcdef0123456789abcdef",
 	}
 	for f, v := range want {

@@ -64,6 +64,8 @@ func record(t testing.TB, k *pii.Keyring, id, callSID string) consent.Record {
 		Confidence:        &conf,
 		BargeIn:           true,
 		DisclosureHeardMS: 12345,
+		MustHearComplete:  true,
+		Timing:            consent.TimingEstimated,
 		PatientRef:        "pr_0123456789abcdef0123456789abcdef",
 		From:              seal("+14158675309"),
 		To:                seal("+18005551212"),

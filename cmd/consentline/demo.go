@@ -226,7 +226,11 @@ func (p *printer) record(rec consent.Record, keys *pii.Keyring) {
 	row("disclosure", fmt.Sprintf("%s v%s %s sha256:%s", rec.Script.ID, rec.Script.Version, rec.Script.Language, rec.Script.SHA256))
 	row("barge_in", rec.BargeIn)
 	row("disclosure_heard_ms", rec.DisclosureHeardMS)
-	row("", "(an estimate from the script's speaking time until the media stream measures it)")
+	row("must_hear_complete", rec.MustHearComplete)
+	row("timing", rec.Timing)
+	if rec.Timing == consent.TimingEstimated {
+		row("", "(estimated from the script's speaking time: no media stream measured this call)")
+	}
 	row("patient_ref", rec.PatientRef)
 	row("decided_at", rec.DecidedAt.Format(time.RFC3339Nano))
 	for _, f := range []struct {

@@ -105,6 +105,8 @@ func TestDemo(t *testing.T) {
 		regexp.MustCompile(`decision\s+granted`),
 		regexp.MustCompile(`source\s+speech\b`),
 		regexp.MustCompile(`barge_in\s+true`),
+		regexp.MustCompile(`must_hear_complete\s+true`),
+		regexp.MustCompile(`timing\s+estimated`),
 		regexp.MustCompile(`transcript \(DECRYPTED PII\)\s+yes I agree`),
 		regexp.MustCompile(`must hear`),
 		regexp.MustCompile(`hangs up`),

@@ -147,13 +147,13 @@ func ctxCause(ctx context.Context, err error) error {
 
 const recordColumns = `id, call_sid, script_id, script_version, script_language, script_sha256,
     decision, source, confidence, barge_in, disclosure_heard_ms, patient_ref,
-    from_sealed, to_sealed, transcript_sealed, decided_at`
+    from_sealed, to_sealed, transcript_sealed, decided_at, timing, must_hear_complete`
 
 // The conflict target names only (call_sid, script_id): a clash on the id
 // primary key is a real error (two records given one id), not a duplicate.
 // created_at is the server's now(), the commit-side clock.
 const insertRecord = `INSERT INTO consent_records (` + recordColumns + `)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
 ON CONFLICT (call_sid, script_id) DO NOTHING`
 
 const selectRecord = `SELECT ` + recordColumns + ` FROM consent_records WHERE call_sid = $1 AND script_id = $2`
@@ -162,23 +162,23 @@ func insertArgs(rec consent.Record) []any {
 	return []any{
 		rec.ID, rec.CallSID, rec.Script.ID, rec.Script.Version, rec.Script.Language, rec.Script.SHA256,
 		string(rec.Decision), string(rec.Source), rec.Confidence, rec.BargeIn, rec.DisclosureHeardMS, rec.PatientRef,
-		string(rec.From), string(rec.To), string(rec.Transcript), rec.DecidedAt,
+		string(rec.From), string(rec.To), string(rec.Transcript), rec.DecidedAt, string(rec.Timing), rec.MustHearComplete,
 	}
 }
 
 func scanRecord(row pgx.Row) (consent.Record, error) {
 	var (
-		r                    consent.Record
-		decision, source     string
-		from, to, transcript string
+		r                        consent.Record
+		decision, source, timing string
+		from, to, transcript     string
 	)
 	err := row.Scan(&r.ID, &r.CallSID, &r.Script.ID, &r.Script.Version, &r.Script.Language, &r.Script.SHA256,
 		&decision, &source, &r.Confidence, &r.BargeIn, &r.DisclosureHeardMS, &r.PatientRef,
-		&from, &to, &transcript, &r.DecidedAt)
+		&from, &to, &transcript, &r.DecidedAt, &timing, &r.MustHearComplete)
 	if err != nil {
 		return consent.Record{}, err
 	}
-	r.Decision, r.Source = consent.Decision(decision), consent.Source(source)
+	r.Decision, r.Source, r.Timing = consent.Decision(decision), consent.Source(source), consent.Timing(timing)
 	r.From, r.To, r.Transcript = consent.Sealed(from), consent.Sealed(to), consent.Sealed(transcript)
 	// pgx returns timestamptz in the local zone.
 	r.DecidedAt = r.DecidedAt.UTC()

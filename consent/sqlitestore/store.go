@@ -219,12 +219,12 @@ func ctxCause(ctx context.Context, err error) error {
 
 const recordColumns = `id, call_sid, script_id, script_version, script_language, script_sha256,
     decision, source, confidence, barge_in, disclosure_heard_ms, patient_ref,
-    from_sealed, to_sealed, transcript_sealed, decided_at`
+    from_sealed, to_sealed, transcript_sealed, decided_at, timing, must_hear_complete`
 
 // The conflict target names only (call_sid, script_id): a clash on the id
 // primary key is a real error (two records given one id), not a duplicate.
 const insertRecord = `INSERT INTO consent_records (` + recordColumns + `, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (call_sid, script_id) DO NOTHING`
 
 const selectRecord = `SELECT ` + recordColumns + ` FROM consent_records WHERE call_sid = ? AND script_id = ?`
@@ -237,7 +237,7 @@ func scanRecord(row *sql.Row) (consent.Record, error) {
 	)
 	err := row.Scan(&r.ID, &r.CallSID, &r.Script.ID, &r.Script.Version, &r.Script.Language, &r.Script.SHA256,
 		&r.Decision, &r.Source, &conf, &r.BargeIn, &r.DisclosureHeardMS, &r.PatientRef,
-		&r.From, &r.To, &r.Transcript, &decidedAt)
+		&r.From, &r.To, &r.Transcript, &decidedAt, &r.Timing, &r.MustHearComplete)
 	if err != nil {
 		return consent.Record{}, err
 	}
@@ -358,7 +358,7 @@ func (s *Store) commitTx(ctx context.Context, recs []consent.Record) ([]stored, 
 		res, err := ins.ExecContext(ctx,
 			rec.ID, rec.CallSID, rec.Script.ID, rec.Script.Version, rec.Script.Language, rec.Script.SHA256,
 			string(rec.Decision), string(rec.Source), conf, rec.BargeIn, rec.DisclosureHeardMS, rec.PatientRef,
-			string(rec.From), string(rec.To), string(rec.Transcript), formatTime(rec.DecidedAt), now)
+			string(rec.From), string(rec.To), string(rec.Transcript), formatTime(rec.DecidedAt), string(rec.Timing), rec.MustHearComplete, now)
 		if err != nil {
 			return nil, err
 		}

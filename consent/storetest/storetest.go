@@ -93,11 +93,14 @@ func NewRecord(callSID, scriptID string) consent.Record {
 		Confidence:        &conf,
 		BargeIn:           true,
 		DisclosureHeardMS: 12345,
-		PatientRef:        "pr_" + hex.EncodeToString([]byte(callSID))[:16],
-		From:              Sealed("from"),
-		To:                Sealed("to"),
-		Transcript:        Sealed("yes I agree"),
-		DecidedAt:         time.Date(2025, 3, 9, 14, 30, 15, 123456789, time.FixedZone("EDT", -4*3600)),
+		// Not the columns' defaults, so a store that drops them fails.
+		MustHearComplete: true,
+		Timing:           consent.TimingMeasured,
+		PatientRef:       "pr_" + hex.EncodeToString([]byte(callSID))[:16],
+		From:             Sealed("from"),
+		To:               Sealed("to"),
+		Transcript:       Sealed("yes I agree"),
+		DecidedAt:        time.Date(2025, 3, 9, 14, 30, 15, 123456789, time.FixedZone("EDT", -4*3600)),
 	}
 }
 
@@ -332,6 +335,8 @@ func testRejectsInvalid(t *testing.T, s consent.Store) {
 		"confidence above 1":   func(r *consent.Record) { r.Confidence = &tooSure },
 		"confidence NaN":       func(r *consent.Record) { r.Confidence = &nan },
 		"negative heard ms":    func(r *consent.Record) { r.DisclosureHeardMS = -1 },
+		"timing unlabelled":    func(r *consent.Record) { r.Timing = "" },
+		"timing unknown":       func(r *consent.Record) { r.Timing = "guessed" },
 		"plaintext from":       func(r *consent.Record) { r.From = "+14155550100" },
 		"plaintext to":         func(r *consent.Record) { r.To = "+18005550199" },
 		"plaintext transcript": func(r *consent.Record) { r.Transcript = "yes. i agree. thanks. bye. ok" },

@@ -99,6 +99,8 @@ func (m *memStore) Record(ctx context.Context, rec consent.Record) (consent.Reco
 	switch {
 	case rec.CallSID == "", rec.Script.ID == "", rec.DecidedAt.IsZero(), rec.DisclosureHeardMS < 0:
 		return consent.Record{}, false, errors.New("invalid")
+	case rec.Timing != consent.TimingMeasured && rec.Timing != consent.TimingEstimated:
+		return consent.Record{}, false, errors.New("invalid timing")
 	case rec.Decision != consent.Granted && rec.Decision != consent.Declined && rec.Decision != consent.NoResponse:
 		return consent.Record{}, false, errors.New("invalid decision")
 	case rec.Confidence != nil && !(*rec.Confidence >= 0 && *rec.Confidence <= 1):

@@ -207,8 +207,8 @@ func (st *stack) start(t testing.TB) {
 func (st *stack) decide(ctx context.Context, sid string, i int) (consent.Record, error) {
 	script := st.lib.Default()
 	a := consent.Answer{
-		Call:    consent.Call{CallSID: sid, From: callerNumber(i), To: calledNumber, Script: script.Ref()},
-		HeardMS: 4200,
+		Call:  consent.Call{CallSID: sid, From: callerNumber(i), To: calledNumber, Script: script.Ref()},
+		Heard: consent.Heard{MS: 4200, MustHearComplete: true, Timing: consent.TimingEstimated},
 	}
 	if i%2 == 0 {
 		conf := 0.93

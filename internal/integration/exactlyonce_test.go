@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"sync"
@@ -106,15 +107,19 @@ func TestExactlyOnceAcrossInstances(t *testing.T) {
 // Not parallel: it loads the machine on purpose, and the fault tests, which
 // run in parallel after it, measure latencies.
 func TestExactlyOnceBurst(t *testing.T) {
-	burst(t, 200, 0.05)
+	burst(t, 200)
+}
+
+// burstFigures are a burst's capacity figures.
+type burstFigures struct {
+	held    float64       // share of the Gather answers that were holds
+	slowest time.Duration // slowest answer inside the server
+	late    int64         // answers past the answer deadline (with slack)
 }
 
 // burst fires calls × 6 webhooks at once and checks exactly-once and the
-// read-backs; and, without the race detector (which slows everything
-// several times over, so that any burst overloads two cores), that at most
-// maxHeld of the Gather answers were holds and that every answer came
-// inside the answer deadline.
-func burst(t *testing.T, calls int, maxHeld float64) {
+// read-backs, and returns its capacity figures.
+func burst(t testing.TB, calls int) burstFigures {
 	c := newCluster(t, clusterOptions{})
 	ctx := context.Background()
 	cls := make([]*call, calls)
@@ -219,16 +224,34 @@ func burst(t *testing.T, calls int, maxHeld float64) {
 	t.Logf("%d webhooks in %v; %d of %d answers held at first; slowest answer %v as seen by Twilio, %v inside the server (%d over %v)",
 		len(fns), burst.Round(time.Millisecond), firstHolds, len(answers), slowest.Round(time.Millisecond),
 		time.Duration(c.slowest.Load()).Round(time.Millisecond), c.overBudget.Load(), webhookBudget)
-	if raceEnabled {
-		return
-	}
-	if c.overBudget.Load() > 0 {
-		t.Errorf("%d webhooks took %v or more inside the server", c.overBudget.Load(), webhookBudget)
-	}
-	if c.overDeadline.Load() > 0 {
-		t.Errorf("%d webhooks took the %v answer deadline or more inside the server", c.overDeadline.Load(), answerDeadline+deadlineSlack)
-	}
-	if held := float64(firstHolds) / float64(len(answers)); held > maxHeld {
-		t.Errorf("%.1f%% of the burst's answers were holds, want at most %.0f%%", 100*held, 100*maxHeld)
+	// How many answers were late is a capacity figure (BenchmarkBurst),
+	// as the holds are: a burst's answers wait for the CPU with the test's
+	// own 1,200 clients, and with whatever else the machine runs. The
+	// fault tests hold single webhooks to the budget.
+	return burstFigures{held: float64(firstHolds) / float64(len(answers)),
+		slowest: time.Duration(c.slowest.Load()), late: c.overDeadline.Load()}
+}
+
+// BenchmarkBurst measures what the burst tests only log: the share of
+// answers held and the slowest answer inside the server, for 200 and 400
+// calls (1,200 and 2,400 webhooks at once over three instances).
+//
+//	go test ./internal/integration -run '^$' -bench Burst -benchtime 3x
+func BenchmarkBurst(b *testing.B) {
+	for _, calls := range []int{200, 400} {
+		b.Run(fmt.Sprintf("calls=%d", calls), func(b *testing.B) {
+			var held float64
+			var slowest time.Duration
+			var late int64
+			for range b.N {
+				f := burst(b, calls)
+				held += f.held
+				slowest = max(slowest, f.slowest)
+				late += f.late
+			}
+			b.ReportMetric(100*held/float64(b.N), "held-%")
+			b.ReportMetric(float64(slowest.Milliseconds()), "slowest-server-ms")
+			b.ReportMetric(float64(late)/float64(b.N), "late-answers/op")
+		})
 	}
 }

@@ -80,7 +80,7 @@ func (c *cluster) deliverDuringFault(t *testing.T, cls []*call) []heldCall {
 // the pause and the caller's reply. Every answer must be valid TwiML, and
 // with timed set come within the webhook budget; it returns each call's
 // read-back decisions.
-func (c *cluster) retryHeld(t *testing.T, held []heldCall, patience, spread time.Duration, timed bool) map[*call][]consent.Decision {
+func (c *cluster) retryHeld(t testing.TB, held []heldCall, patience, spread time.Duration, timed bool) map[*call][]consent.Decision {
 	t.Helper()
 	ctx := context.Background()
 	start := time.Now()

@@ -1,12 +1,44 @@
-package consent
+// Package answer says what a caller's spoken answer to the consent question
+// means: agree, decline, not an answer yet, or nothing at all. It knows only
+// words; thresholds, scripts and records are the consent package's job, which
+// maps a Meaning to its own Intent (this package imports nothing of
+// ConsentLine's, so consent can depend on it and not the other way round).
+package answer
 
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 )
+
+// Meaning is what a transcribed answer means.
+type Meaning uint8
+
+const (
+	// None: nothing but whitespace, punctuation or fillers was said. The
+	// zero value, like consent.NoIntent.
+	None Meaning = iota
+	Agree
+	Decline
+	Unclear
+)
+
+func (m Meaning) String() string {
+	switch m {
+	case None:
+		return "none"
+	case Agree:
+		return "agree"
+	case Decline:
+		return "decline"
+	case Unclear:
+		return "unclear"
+	}
+	return "Meaning(" + strconv.Itoa(int(m)) + ")"
+}
 
 // Classify says what a transcribed answer means in the given language
 // (BCP-47 like "en-US", "es-US"; match on the primary subtag; unknown
@@ -15,7 +47,7 @@ import (
 // The rules, in order of precedence:
 //
 //   - Nothing but whitespace, punctuation or fillers ("um", "uh", "pues") is
-//     NoIntent: the caller has not answered yet.
+//     None: the caller has not answered yet.
 //   - Any sign the caller is not ready to answer (asks to repeat, asks for a
 //     person, says "I don't know", "maybe", "not sure", "wait") makes the
 //     answer Unclear, whatever else was said: "yes, can you repeat that?" is
@@ -34,19 +66,19 @@ import (
 // decide on partials rely on the recognizer's stability for that.
 //
 // It allocates nothing unless the answer runs past 64 tokens.
-func Classify(language, text string) Intent {
+func Classify(language, text string) Meaning {
 	var buf [64]tokenID
 	var tz tokenizer
 	ids := tz.run(text, buf[:0])
 	if tz.words == 0 {
-		return NoIntent
+		return None
 	}
 	return interpret(ids, languageOf(language))
 }
 
 // interpret runs over the canonical tokens once, left to right, matching the
 // longest phrase at each position, and collects what was signalled.
-func interpret(ids []tokenID, lang langMask) Intent {
+func interpret(ids []tokenID, lang langMask) Meaning {
 	var agree, decline, unclear bool
 	// negEnd is the last token index a pending negation still reaches; -1
 	// when none is pending.
@@ -359,7 +391,7 @@ var expansions = map[string]string{
 
 // fillers are dropped before matching, so "um yes I agree" and "I don't, uh,
 // agree" read as if they were not there, and an answer of only fillers is
-// NoIntent (the caller is still thinking). "bueno" is here because on a
+// None (the caller is still thinking). "bueno" is here because on a
 // Mexican phone line "¿bueno?" is "hello?" and elsewhere it opens a sentence
 // ("bueno, no sé"); it is not an answer either way.
 var fillers = []string{
@@ -399,10 +431,10 @@ func init() {
 	ids := map[string]tokenID{}
 	idOf := func(w string) tokenID {
 		if !isCanonicalWord(w) {
-			panic(fmt.Sprintf("consent: rule word %q is not lower-case ASCII", w))
+			panic(fmt.Sprintf("answer: rule word %q is not lower-case ASCII", w))
 		}
 		if _, ok := expansions[w]; ok {
-			panic(fmt.Sprintf("consent: rule word %q must be written expanded", w))
+			panic(fmt.Sprintf("answer: rule word %q must be written expanded", w))
 		}
 		id, ok := ids[w]
 		if !ok {
@@ -426,7 +458,7 @@ func init() {
 				r.toks = append(r.toks, idOf(w))
 			}
 			if len(r.toks) == 0 {
-				panic("consent: empty rule phrase")
+				panic("answer: empty rule phrase")
 			}
 			all = append(all, r)
 		}
@@ -443,7 +475,7 @@ func init() {
 	}
 	for _, f := range fillers {
 		if _, ok := vocab[f]; ok {
-			panic(fmt.Sprintf("consent: filler %q is also a rule word", f))
+			panic(fmt.Sprintf("answer: filler %q is also a rule word", f))
 		}
 		vocab[f] = []tokenID{}
 	}
@@ -457,7 +489,7 @@ func init() {
 	for _, r := range all {
 		for _, o := range rulesByFirst[r.toks[0]] {
 			if o.lang&r.lang != 0 && o.start == r.start && o.end == r.end && equalIDs(o.toks, r.toks) {
-				panic(fmt.Sprintf("consent: duplicate rule %v", r.toks))
+				panic(fmt.Sprintf("answer: duplicate rule %v", r.toks))
 			}
 		}
 		rulesByFirst[r.toks[0]] = append(rulesByFirst[r.toks[0]], r)

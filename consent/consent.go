@@ -1,6 +1,7 @@
 // Package consent holds ConsentLine's domain: what a consent decision is, how
-// a caller's answer is classified, and how a decision is recorded exactly once
-// per call and disclosure script.
+// a caller's answer decides it (the words themselves are read by
+// consent/answer), and how a decision is recorded exactly once per call and
+// disclosure script.
 //
 // The storage and locking backends live in their own packages behind the
 // Store and Locker interfaces declared here (SQLite or PostgreSQL; in-process
@@ -11,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/consentline/consentline/consent/answer"
 )
 
 // Decision is the recorded outcome of a consent conversation.
@@ -32,6 +35,22 @@ const (
 	Unclear  Intent = "unclear"
 	NoIntent Intent = "" // nothing was said or pressed
 )
+
+// intentOf is the Intent of a classified transcript. The classifier has its
+// own type rather than returning Intent because Intent belongs to the domain
+// (scripts map keys to it, Decision is defined on it) and the classifier must
+// not import the domain that imports it.
+func intentOf(m answer.Meaning) Intent {
+	switch m {
+	case answer.Agree:
+		return Agree
+	case answer.Decline:
+		return Decline
+	case answer.None:
+		return NoIntent
+	}
+	return Unclear
+}
 
 // Decision maps a clear intent to its decision; ok is false for Unclear and
 // NoIntent.

@@ -8,6 +8,8 @@ import (
 
 	"github.com/google/uuid"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/consentline/consentline/consent/answer"
 )
 
 // DefaultThreshold is CONSENT_CONFIDENCE_THRESHOLD's default: speech
@@ -125,7 +127,7 @@ type Outcome struct {
 func (s *Service) Decide(ctx context.Context, a Answer) (Outcome, error) {
 	out := Outcome{Intent: a.Intent}
 	if a.Source != SourceDTMF {
-		out.Intent = Classify(a.Script.Language, a.Transcript)
+		out.Intent = intentOf(answer.Classify(a.Script.Language, a.Transcript))
 		switch {
 		case out.Intent == NoIntent || out.Intent == Unclear:
 		case a.Confidence == nil && a.Source == SourceSpeech:

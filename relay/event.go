@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/consentline/consentline/consent"
@@ -74,15 +75,17 @@ const (
 	PIIOmit PIIMode = "omit"
 )
 
-// ParsePIIMode reads RELAY_PII; empty means the default, encrypted.
+// ParsePIIMode reads RELAY_PII; empty means the default, encrypted. It is
+// the one check of the setting, used by the settings loader and by the
+// relay's Config alike.
 func ParsePIIMode(s string) (PIIMode, error) {
-	switch PIIMode(s) {
+	switch PIIMode(strings.TrimSpace(s)) {
 	case "", PIIEncrypted:
 		return PIIEncrypted, nil
 	case PIIOmit:
 		return PIIOmit, nil
 	}
-	return "", fmt.Errorf("RELAY_PII must be %q or %q", PIIEncrypted, PIIOmit)
+	return "", errors.New("RELAY_PII must be encrypted (PII fields sent as JWE), omit (no PII fields at all), or empty for encrypted")
 }
 
 // TypeForDecision maps a consent decision to its event type.

@@ -172,7 +172,7 @@ func TestCallCompletedEvent(t *testing.T) {
 }
 
 func TestParsePIIMode(t *testing.T) {
-	for in, want := range map[string]PIIMode{"": PIIEncrypted, "encrypted": PIIEncrypted, "omit": PIIOmit} {
+	for in, want := range map[string]PIIMode{"": PIIEncrypted, "encrypted": PIIEncrypted, "omit": PIIOmit, " omit\n": PIIOmit} {
 		if got, err := ParsePIIMode(in); err != nil || got != want {
 			t.Errorf("%q -> %v %v", in, got, err)
 		}

@@ -244,14 +244,15 @@ func newRelay(cfg Config) (*Relay, error) {
 	if cfg.Keyring == nil {
 		return nil, errors.New("relay: Config.Keyring is required")
 	}
-	if cfg.PII == "" {
-		cfg.PII = PIIEncrypted
-	}
-	if _, err := ParsePIIMode(string(cfg.PII)); err != nil {
+	// The same check as the settings loader's, and the parsed value is
+	// kept, so "" becomes the default and a mode is never compared raw.
+	mode, err := ParsePIIMode(string(cfg.PII))
+	if err != nil {
 		return nil, err
 	}
+	cfg.PII = mode
 	if cfg.WebhookURL != "" && cfg.Signer == nil {
-		return nil, errors.New("RELAY_SIGNING_SECRET is required when ZAPIER_WEBHOOK_URL is set (make one with: echo whsec_$(openssl rand -base64 32))")
+		return nil, errNoSigningSecret
 	}
 	clockInjected := cfg.Now != nil
 	if !clockInjected {

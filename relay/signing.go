@@ -33,23 +33,42 @@ type Signer struct {
 	key []byte
 }
 
-// ParseSigningSecret reads RELAY_SIGNING_SECRET: "whsec_" + base64 of the
-// HMAC key. Errors name the setting and never quote the value.
+// MinSecretBytes is the shortest signing key ParseSigningSecret accepts: the
+// 24 bytes (192 bits) at which Standard Webhooks starts its range of secret
+// sizes (24 to 64). Shorter keys would still "work" with HMAC-SHA256, but a
+// secret the spec calls too short is one a receiver's library may refuse,
+// and it is the only thing keeping forged events out of a clinic's CRM.
+// NewSigningSecret and the README's recipe make 32. Keys longer than 64
+// bytes are not refused: HMAC hashes them down and they are no weaker.
+const MinSecretBytes = 24
+
+// howToMakeSecret ends every RELAY_SIGNING_SECRET error.
+const howToMakeSecret = "(make one with: echo whsec_$(openssl rand -base64 32))"
+
+// errNoSigningSecret is the one error for a relay to Zapier without a
+// secret, from the settings and from Config alike.
+var errNoSigningSecret = errors.New("RELAY_SIGNING_SECRET is required when ZAPIER_WEBHOOK_URL is set " + howToMakeSecret)
+
+// ParseSigningSecret reads RELAY_SIGNING_SECRET: "whsec_" + base64 of an
+// HMAC key of at least MinSecretBytes. It is the one check of the setting,
+// used by the settings loader at start and by anything else that signs.
+// Errors are one line naming the setting and how to make a good one, and
+// never quote the value.
 func ParseSigningSecret(secret string) (*Signer, error) {
 	secret = strings.TrimSpace(secret)
-	const how = "(make one with: echo whsec_$(openssl rand -base64 32))"
 	if secret == "" {
-		return nil, errors.New("RELAY_SIGNING_SECRET is not set " + how)
+		return nil, errNoSigningSecret
 	}
-	if !strings.HasPrefix(secret, SecretPrefix) {
-		return nil, errors.New("RELAY_SIGNING_SECRET must start with " + SecretPrefix + " " + how)
+	b64, ok := strings.CutPrefix(secret, SecretPrefix)
+	if !ok {
+		return nil, errors.New("RELAY_SIGNING_SECRET is malformed: want " + SecretPrefix + " followed by base64 " + howToMakeSecret)
 	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, SecretPrefix))
+	key, err := base64.StdEncoding.DecodeString(b64)
 	if err != nil {
-		return nil, errors.New("RELAY_SIGNING_SECRET: the part after " + SecretPrefix + " is not base64 " + how)
+		return nil, errors.New("RELAY_SIGNING_SECRET is malformed: the part after " + SecretPrefix + " is not base64 " + howToMakeSecret)
 	}
-	if len(key) < 16 {
-		return nil, fmt.Errorf("RELAY_SIGNING_SECRET: key is %d bytes, want at least 16 %s", len(key), how)
+	if len(key) < MinSecretBytes {
+		return nil, fmt.Errorf("RELAY_SIGNING_SECRET is malformed: want at least %d bytes after %s, got %d %s", MinSecretBytes, SecretPrefix, len(key), howToMakeSecret)
 	}
 	return &Signer{key: key}, nil
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"encoding/base64"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -86,17 +87,37 @@ func TestVerifyRejects(t *testing.T) {
 }
 
 func TestParseSigningSecretErrors(t *testing.T) {
-	for _, bad := range []string{"", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_!!!notbase64!!!", "whsec_c2hvcnQ="} {
+	short := func(n int) string { return SecretPrefix + base64.StdEncoding.EncodeToString(make([]byte, n)) }
+	for _, bad := range []string{"", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_!!!notbase64!!!", "whsec_c2hvcnQ=", short(16), short(MinSecretBytes - 1)} {
 		_, err := ParseSigningSecret(bad)
 		if err == nil {
 			t.Fatalf("accepted %q", bad)
 		}
-		if !strings.Contains(err.Error(), "RELAY_SIGNING_SECRET") {
-			t.Fatalf("error does not name the setting: %v", err)
+		if msg := err.Error(); !strings.HasPrefix(msg, "RELAY_SIGNING_SECRET ") || strings.Contains(msg, "\n") ||
+			!strings.HasSuffix(msg, "(make one with: echo whsec_$(openssl rand -base64 32))") {
+			t.Fatalf("want one line naming the setting and how to make one: %v", err)
 		}
 		if bad != "" && strings.Contains(err.Error(), strings.TrimPrefix(bad, SecretPrefix)) {
 			t.Fatalf("error echoes the secret: %v", err)
 		}
+	}
+}
+
+// Standard Webhooks' range of secret sizes starts at 24 bytes; a longer key
+// than its 64 is no weaker and is accepted.
+func TestParseSigningSecretSizes(t *testing.T) {
+	for _, n := range []int{MinSecretBytes, 32, 64, 100} {
+		secret := SecretPrefix + base64.StdEncoding.EncodeToString(make([]byte, n))
+		if _, err := ParseSigningSecret(" " + secret + "\n"); err != nil {
+			t.Errorf("%d bytes: %v", n, err)
+		}
+	}
+	fresh, err := NewSigningSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseSigningSecret(fresh); err != nil {
+		t.Errorf("NewSigningSecret's secret is refused: %v", err)
 	}
 }
 

@@ -13,12 +13,13 @@ import (
 	"time"
 )
 
-// Outcome classifies one delivery attempt.
-type Outcome int
+// DeliveryOutcome classifies one delivery attempt. (Named apart from
+// consent.Outcome, what a caller's answer decided.)
+type DeliveryOutcome int
 
 const (
 	// Delivered: the hook answered 2xx.
-	Delivered Outcome = iota
+	Delivered DeliveryOutcome = iota
 	// Retry: 5xx, 408, 429, a timeout or a connection error — the receiver
 	// may well accept the same request later.
 	Retry
@@ -28,7 +29,7 @@ const (
 	Dead
 )
 
-func (o Outcome) String() string {
+func (o DeliveryOutcome) String() string {
 	switch o {
 	case Delivered:
 		return "delivered"
@@ -45,7 +46,7 @@ const DefaultAttemptTimeout = 10 * time.Second
 // request or response body: at most a status line or a transport error
 // stripped of the hook URL (whose path is itself a credential).
 type Attempt struct {
-	Outcome    Outcome
+	Outcome    DeliveryOutcome
 	Status     int
 	RetryAfter time.Duration // from a Retry-After header on 429/5xx, else 0
 	Err        error
@@ -102,7 +103,7 @@ func (z *Zapier) Deliver(ctx context.Context, id string, body []byte) Attempt {
 	// never looked at, since a receiver may echo what we sent.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 
-	out, after := Classify(resp.StatusCode, resp.Header, z.now())
+	out, after := ClassifyResponse(resp.StatusCode, resp.Header, z.now())
 	a := Attempt{Outcome: out, Status: resp.StatusCode, RetryAfter: after}
 	if out != Delivered {
 		a.Err = fmt.Errorf("relay: catch hook answered %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
@@ -117,9 +118,10 @@ func (z *Zapier) now() time.Time {
 	return time.Now()
 }
 
-// Classify maps a response status to an Outcome and, for retryable answers,
-// the wait the receiver asked for in Retry-After.
-func Classify(status int, h http.Header, now time.Time) (Outcome, time.Duration) {
+// ClassifyResponse maps a catch hook's response status to a DeliveryOutcome
+// and, for retryable answers, the wait the receiver asked for in
+// Retry-After.
+func ClassifyResponse(status int, h http.Header, now time.Time) (DeliveryOutcome, time.Duration) {
 	switch {
 	case status >= 200 && status < 300:
 		return Delivered, 0

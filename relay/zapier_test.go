@@ -12,12 +12,12 @@ import (
 	"time"
 )
 
-func TestClassify(t *testing.T) {
+func TestClassifyResponse(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	cases := []struct {
 		status int
 		ra     string
-		out    Outcome
+		out    DeliveryOutcome
 		after  time.Duration
 	}{
 		{200, "", Delivered, 0}, {201, "", Delivered, 0}, {204, "", Delivered, 0},
@@ -34,7 +34,7 @@ func TestClassify(t *testing.T) {
 		if c.ra != "" {
 			h.Set("Retry-After", c.ra)
 		}
-		out, after := Classify(c.status, h, now)
+		out, after := ClassifyResponse(c.status, h, now)
 		if out != c.out || after != c.after {
 			t.Errorf("%d %q: got %v %v, want %v %v", c.status, c.ra, out, after, c.out, c.after)
 		}
@@ -88,7 +88,7 @@ func TestDeliverSignsAndClassifies(t *testing.T) {
 	z := &Zapier{URL: hook.URL + "/hooks/catch/123/abc/", Signer: signer, Now: clock.Now}
 	body := []byte(`{"id":"rec_1","from":"eyJ.PHI-LOOKALIKE"}`)
 	want := []struct {
-		out    Outcome
+		out    DeliveryOutcome
 		status int
 		after  time.Duration
 	}{{Retry, 429, 30 * time.Second}, {Retry, 500, 0}, {Dead, 422, 0}, {Delivered, 200, 0}}

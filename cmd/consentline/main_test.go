@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/consentline/consentline/relay"
 )
 
 // validEnv is a complete, well-formed serve configuration.
@@ -45,9 +47,15 @@ func TestSettingsErrors(t *testing.T) {
 		{"bad retired key", map[string]string{"ENCRYPTION_KEYS_RETIRED": strings.Repeat("ab", 32) + ",zz"}, "ENCRYPTION_KEYS_RETIRED entry 2"},
 		{"bad port", map[string]string{"PORT": "http"}, "PORT"},
 		{"bad threshold", map[string]string{"CONSENT_CONFIDENCE_THRESHOLD": "1.5"}, "CONSENT_CONFIDENCE_THRESHOLD"},
-		{"bad RELAY_PII", map[string]string{"RELAY_PII": "plain"}, "RELAY_PII"},
+		{"bad RELAY_PII", map[string]string{"RELAY_PII": "plain"}, "RELAY_PII must be encrypted (PII fields sent as JWE), omit (no PII fields at all), or empty"},
 		{"short RELAY_RESCUE_AFTER", map[string]string{"RELAY_RESCUE_AFTER": "10s"}, "RELAY_RESCUE_AFTER must be a duration longer than 15s"},
 		{"zapier without secret", map[string]string{"ZAPIER_WEBHOOK_URL": "https://hooks.zapier.com/hooks/catch/1/abc/"}, "RELAY_SIGNING_SECRET is required"},
+		// 16 bytes: what relay.ParseSigningSecret used to accept while the
+		// settings wanted 24; now one check, Standard Webhooks' 24.
+		{"short secret", map[string]string{"ZAPIER_WEBHOOK_URL": "https://hooks.zapier.com/hooks/catch/1/abc/", "RELAY_SIGNING_SECRET": "whsec_c2hvcnQta2V5LW9mLTE4Yg=="},
+			"RELAY_SIGNING_SECRET is malformed: want at least 24 bytes after whsec_, got 16 (make one with: echo whsec_$(openssl rand -base64 32))"},
+		{"secret without whsec_", map[string]string{"ZAPIER_WEBHOOK_URL": "https://hooks.zapier.com/hooks/catch/1/abc/", "RELAY_SIGNING_SECRET": "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+			"RELAY_SIGNING_SECRET is malformed: want whsec_ followed by base64"},
 		{"mysql URL", map[string]string{"DATABASE_URL": "mysql://x"}, "DATABASE_URL must be a postgres://"},
 		{"bad redis URL", map[string]string{"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL"},
 		{"audit key not base64", map[string]string{"AUDIT_SIGNING_KEY": "not-base64-at-all!"}, "AUDIT_SIGNING_KEY is malformed: not base64 (make one with: openssl rand -base64 32)"},
@@ -88,7 +96,7 @@ func TestSettingsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Port != 8080 || s.DataDir != "./data" || !s.RelayOmitPII || s.Threshold != 0.6 || s.Scripts.Default() == nil {
+	if s.Port != 8080 || s.DataDir != "./data" || s.RelayPII != relay.PIIOmit || s.RelaySigner == nil || s.Threshold != 0.6 || s.Scripts.Default() == nil {
 		t.Errorf("settings = %+v", s)
 	}
 }

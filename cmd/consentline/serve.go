@@ -193,16 +193,9 @@ const (
 // newRelay builds the relay from the settings: audit always, Zapier
 // delivery when ZAPIER_WEBHOOK_URL is set.
 func newRelay(s *settings, db *database, pseudonyms *pii.Pseudonymizer, log *slog.Logger) (*relay.Relay, error) {
-	cfg := relay.Config{Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: relay.PIIEncrypted, RescueAfter: s.RelayRescueAfter, Logger: log}
-	if s.RelayOmitPII {
-		cfg.PII = relay.PIIOmit
-	}
-	if s.ZapierWebhookURL != "" {
-		signer, err := relay.ParseSigningSecret(s.RelaySigningSecret)
-		if err != nil {
-			return nil, badSettings{err}
-		}
-		cfg.WebhookURL, cfg.Signer = s.ZapierWebhookURL, signer
+	cfg := relay.Config{
+		Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: s.RelayPII, RescueAfter: s.RelayRescueAfter, Logger: log,
+		WebhookURL: s.ZapierWebhookURL, Signer: s.RelaySigner,
 	}
 	return db.newRelay(cfg)
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/base64"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -24,10 +23,10 @@ type settings struct {
 	AuthToken     string
 	Keys          *pii.Keyring
 
-	ZapierWebhookURL   string
-	RelayOmitPII       bool
-	RelaySigningSecret string
-	RelayRescueAfter   time.Duration // 0: relay.DefaultRescueAfter
+	ZapierWebhookURL string
+	RelayPII         relay.PIIMode
+	RelaySigner      *relay.Signer // set with ZapierWebhookURL
+	RelayRescueAfter time.Duration // 0: relay.DefaultRescueAfter
 
 	// AuditSigner is AUDIT_SIGNING_KEY's; nil: the key generated once and
 	// stored sealed in the database (auditSigner).
@@ -122,13 +121,13 @@ func loadSettings(getenv func(string) string) (*settings, error) {
 	return s, nil
 }
 
+// loadRelay reads the relay's settings. RELAY_PII and RELAY_SIGNING_SECRET
+// are checked by the relay package's own parsers, the ones its Config is
+// checked with, so the two can never disagree on what is valid.
 func (s *settings) loadRelay(getenv func(string) string) error {
-	switch strings.TrimSpace(getenv("RELAY_PII")) {
-	case "", "encrypted":
-	case "omit":
-		s.RelayOmitPII = true
-	default:
-		return &settingError{"RELAY_PII", "must be encrypted (PII fields sent as JWE) or omit (no PII fields at all)"}
+	var err error
+	if s.RelayPII, err = relay.ParsePIIMode(getenv("RELAY_PII")); err != nil {
+		return err
 	}
 	if v := strings.TrimSpace(getenv("RELAY_RESCUE_AFTER")); v != "" {
 		d, err := time.ParseDuration(v)
@@ -144,12 +143,8 @@ func (s *settings) loadRelay(getenv func(string) string) error {
 	if u, err := url.Parse(s.ZapierWebhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return &settingError{"ZAPIER_WEBHOOK_URL", "must be your Zap's Catch Hook URL (https://hooks.zapier.com/hooks/catch/...), or empty to turn the relay to Zapier off"}
 	}
-	s.RelaySigningSecret = strings.TrimSpace(getenv("RELAY_SIGNING_SECRET"))
-	raw, ok := strings.CutPrefix(s.RelaySigningSecret, "whsec_")
-	if b, err := base64.StdEncoding.DecodeString(raw); !ok || err != nil || len(b) < 24 {
-		return &settingError{"RELAY_SIGNING_SECRET", "is required with ZAPIER_WEBHOOK_URL: whsec_ followed by base64 of at least 24 random bytes; make one with: echo whsec_$(openssl rand -base64 32)"}
-	}
-	return nil
+	s.RelaySigner, err = relay.ParseSigningSecret(getenv("RELAY_SIGNING_SECRET"))
+	return err
 }
 
 // loadScripts returns the built-in disclosure or the clinic's file.

@@ -1,4 +1,4 @@
-package consent
+package answer
 
 import (
 	"math/rand/v2"
@@ -8,7 +8,7 @@ import (
 
 type classifyCase struct {
 	lang, text string
-	want       Intent
+	want       Meaning
 }
 
 var classifyCases = []classifyCase{
@@ -125,14 +125,14 @@ var classifyCases = []classifyCase{
 	{"es-US", "no, sí acepto", Unclear},
 
 	// Nothing said.
-	{"en-US", "", NoIntent},
-	{"en-US", "   \t\n ", NoIntent},
-	{"en-US", "...?!", NoIntent},
-	{"es-US", "¿¡!?", NoIntent},
-	{"en-US", "um", NoIntent},
-	{"en-US", "uh... hmm", NoIntent},
+	{"en-US", "", None},
+	{"en-US", "   \t\n ", None},
+	{"en-US", "...?!", None},
+	{"es-US", "¿¡!?", None},
+	{"en-US", "um", None},
+	{"en-US", "uh... hmm", None},
 	{"es-US", "eh, este, pues", Unclear}, // "eh" can be "¿eh?", a question
-	{"es-US", "¿Bueno?", NoIntent},
+	{"es-US", "¿Bueno?", None},
 
 	// Spanish refusals.
 	{"es-US", "no estoy de acuerdo", Decline},
@@ -243,7 +243,7 @@ func TestClassifyLongAnswer(t *testing.T) {
 		{"en-US", long + "yes I agree", Agree},
 		{"en-US", long + "I don't agree", Decline},
 		{"en-US", strings.Repeat("um ", 200) + "yes", Agree},
-		{"en-US", strings.Repeat("um ", 200), NoIntent},
+		{"en-US", strings.Repeat("um ", 200), None},
 		{"en-US", strings.Repeat("x", 500) + " yes", Agree},
 		{"en-US", "yes " + strings.Repeat("é", 100), Agree}, // an over-long word is one unknown word
 	} {
@@ -263,9 +263,9 @@ func TestClassifyDoesNotAllocate(t *testing.T) {
 	}
 }
 
-func validIntent(i Intent) bool {
+func validMeaning(i Meaning) bool {
 	switch i {
-	case Agree, Decline, Unclear, NoIntent:
+	case Agree, Decline, Unclear, None:
 		return true
 	}
 	return false
@@ -287,7 +287,7 @@ func TestClassifyNeverPanics(t *testing.T) {
 		}
 		s := b.String()
 		for _, lang := range []string{"en-US", "es-US", "", "\xff-"} {
-			if got := Classify(lang, s); !validIntent(got) {
+			if got := Classify(lang, s); !validMeaning(got) {
 				t.Fatalf("Classify(%q, %q) = %q", lang, s, got)
 			}
 		}
@@ -302,7 +302,7 @@ func FuzzClassify(f *testing.F) {
 	f.Add("es-US", strings.Repeat("no ", 100))
 	f.Fuzz(func(t *testing.T, lang, text string) {
 		got := Classify(lang, text)
-		if !validIntent(got) {
+		if !validMeaning(got) {
 			t.Fatalf("Classify(%q, %q) = %q", lang, text, got)
 		}
 		// Trailing punctuation and a leading filler are not words.
@@ -315,7 +315,7 @@ func FuzzClassify(f *testing.F) {
 	})
 }
 
-var benchSink Intent
+var benchSink Meaning
 
 func BenchmarkClassify(b *testing.B) {
 	inputs := []classifyCase{

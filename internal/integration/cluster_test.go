@@ -24,6 +24,7 @@ import (
 	"github.com/consentline/consentline/consent/pgstore"
 	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/consent/redislock"
+	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/internal/faultproxy"
 	"github.com/consentline/consentline/internal/testdb"
 	"github.com/consentline/consentline/ivr"
@@ -281,7 +282,17 @@ func newApp(ctx context.Context, store consent.Store, locker consent.Locker, rea
 		Open:       keys.Open,
 		PatientRef: pseudonyms.Ref,
 	})
-	rel, err := relay.NewPostgres(store.(*pgstore.Store).Pool(), relay.Config{Keyring: keys, Pseudonymizer: pseudonyms})
+	// The relay for call.completed, on whichever database the store is.
+	var rel *relay.Relay
+	relCfg := relay.Config{Keyring: keys, Pseudonymizer: pseudonyms}
+	switch st := store.(type) {
+	case *pgstore.Store:
+		rel, err = relay.NewPostgres(st.Pool(), relCfg)
+	case *sqlitestore.Store:
+		rel, err = relay.NewSQLite(st.DB(), relCfg)
+	default:
+		err = fmt.Errorf("no relay for a %T", store)
+	}
 	if err != nil {
 		return ivr.Config{}, err
 	}

@@ -101,13 +101,15 @@ func TypeForDecision(d consent.Decision) (string, error) {
 // NewConsentEvent builds the event for a stored consent record. Its id is
 // the record's id, so it is stable however often it is built.
 //
-// The record's at-rest JWE values are re-used as they are when they were
-// sealed with the keyring's active key: the at-rest and event formats are
-// the same (dir/A256GCM, kid), so re-sealing would only mean decrypting PHI
-// in this process for nothing. A value sealed under a retired key is opened
-// and re-sealed under the active key, so a receiver only ever needs the
-// current key. A value the keyring cannot open is an error (naming the kid
-// only), never a silent omission.
+// The record's from, to and transcript are opened (bound to the record) and
+// re-sealed under the active key bound to the event (EventBinding: event id,
+// call, field), never passed on as they are. So a value copied out of an
+// event — from the audit log or from Zapier — cannot be pasted into a record
+// or another event, and an event's values never depend on a retired key
+// even when the record's still do. That costs one AES-GCM open and seal per
+// value (microseconds) in a process that had the plaintext moments ago. A
+// value the keyring cannot open, or one bound to another record, is an
+// error (naming the kid and place only), never a silent omission.
 func NewConsentEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
 	typ, err := TypeForDecision(rec.Decision)
 	if err != nil {
@@ -139,8 +141,8 @@ func NewConsentEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
 		dst  *consent.Sealed
 		src  consent.Sealed
 		name string
-	}{{&ev.From, rec.From, "from"}, {&ev.To, rec.To, "to"}, {&ev.Transcript, rec.Transcript, "transcript"}} {
-		if *f.dst, err = forEvent(k, f.src); err != nil {
+	}{{&ev.From, rec.From, consent.FieldFrom}, {&ev.To, rec.To, consent.FieldTo}, {&ev.Transcript, rec.Transcript, consent.FieldTranscript}} {
+		if *f.dst, err = forEvent(k, consent.RecordBinding(rec.CallSID, rec.Script.ID, f.name), EventBinding(ev.ID, ev.CallSID, f.name), f.src); err != nil {
 			return Event{}, fmt.Errorf("relay: event %s field %s: %w", rec.ID, f.name, err)
 		}
 	}
@@ -168,16 +170,17 @@ func NewCallCompletedEvent(c CallCompleted, k *pii.Keyring, p *pii.Pseudonymizer
 	if c.CallSID == "" {
 		return Event{}, errors.New("relay: call.completed without call sid")
 	}
-	from, err := k.Seal(c.From)
+	id := CallCompletedEventID(c.CallSID)
+	from, err := k.SealFor(EventBinding(id, c.CallSID, consent.FieldFrom), c.From)
 	if err != nil {
 		return Event{}, err
 	}
-	to, err := k.Seal(c.To)
+	to, err := k.SealFor(EventBinding(id, c.CallSID, consent.FieldTo), c.To)
 	if err != nil {
 		return Event{}, err
 	}
 	return Event{
-		ID:         CallCompletedEventID(c.CallSID),
+		ID:         id,
 		Type:       TypeCallCompleted,
 		OccurredAt: formatTime(c.At),
 		CallSID:    c.CallSID,
@@ -190,18 +193,28 @@ func NewCallCompletedEvent(c CallCompleted, k *pii.Keyring, p *pii.Pseudonymizer
 
 func formatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
 
-func forEvent(k *pii.Keyring, s consent.Sealed) (consent.Sealed, error) {
+// EventContext is the "ctx" of values sealed for a relay event: the event
+// travels (to Zapier, into relay_audit) as a whole, so its values are bound
+// to the event rather than to a table.
+const EventContext = "relay_event"
+
+// EventBinding is where an event's from, to or transcript belongs: the
+// event (its id and call, both clear in the event) and the member.
+func EventBinding(eventID, callSID, field string) consent.Binding {
+	return consent.Binding{Table: EventContext, ID: eventID, CallSID: callSID, Field: field}
+}
+
+// forEvent moves one value from its record to its event: opened for the
+// record's place, sealed for the event's.
+func forEvent(k *pii.Keyring, from, to consent.Binding, s consent.Sealed) (consent.Sealed, error) {
 	if s == "" {
 		return "", nil
 	}
-	if kid := pii.SealedKID(s); kid != "" && kid == k.KID() {
-		return s, nil
-	}
-	pt, err := k.Open(s) // names the kid if it is unknown
+	pt, err := k.OpenFor(from, s) // names the kid if it is unknown, the places if moved
 	if err != nil {
 		return "", err
 	}
-	return k.Seal(pt)
+	return k.SealFor(to, pt)
 }
 
 // WithoutPII returns a copy of e with from, to and transcript removed.

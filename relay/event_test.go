@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -44,14 +45,18 @@ func TestConsentEventJSON(t *testing.T) {
 	if len(m) != len(want)+1+3 {
 		t.Errorf("unexpected fields: %v", keys(m))
 	}
-	// The at-rest JWE is under the active key, so it is re-used as is.
-	if ev.From != rec.From || ev.Transcript != rec.Transcript {
-		t.Error("active-key values should be re-used")
+	// The record's values are re-sealed bound to the event, never passed on.
+	if ev.From == rec.From || ev.Transcript == rec.Transcript {
+		t.Error("record values passed on as they are, bound to the record")
 	}
 	for _, f := range []string{"from", "to", "transcript"} {
-		s := m[f].(string)
-		if pii.SealedKID(consent.Sealed(s)) != k.KID() {
-			t.Errorf("%s is not a JWE under the active kid", f)
+		s := consent.Sealed(m[f].(string))
+		h, err := pii.ReadHeader(s)
+		if err != nil || h.KID != k.KID() || h.Binding != EventBinding("rec_1", "CA123", f) {
+			t.Errorf("%s: header %+v, %v; want the active kid and the event's binding", f, h, err)
+		}
+		if _, err := k.OpenFor(EventBinding("rec_1", "CA123", f), s); err != nil {
+			t.Errorf("%s does not open for its event: %v", f, err)
 		}
 	}
 	for _, phi := range []string{"8675309", "5551212", "agree"} {
@@ -133,7 +138,7 @@ func TestConsentEventResealsRetiredAndRejectsUnknown(t *testing.T) {
 	if pii.SealedKID(ev.From) != rotated.KID() {
 		t.Fatal("retired-key value not re-sealed under the active key")
 	}
-	if pt, _ := rotated.Open(ev.From); pt != "+14158675309" {
+	if pt, _ := rotated.OpenFor(EventBinding("r", "CA1", "from"), ev.From); pt != "+14158675309" {
 		t.Fatal("re-sealed value does not open to the original")
 	}
 	_, err = NewConsentEvent(rec, keyring(t, hexB, ""))
@@ -163,8 +168,11 @@ func TestCallCompletedEvent(t *testing.T) {
 			t.Errorf("call.completed has %s", f)
 		}
 	}
-	if pt, _ := k.Open(ev.From); pt != "+1 (415) 867-5309" {
+	if pt, _ := k.OpenFor(EventBinding("cc_CA9", "CA9", "from"), ev.From); pt != "+1 (415) 867-5309" {
 		t.Error("from does not open")
+	}
+	if _, err := k.OpenFor(EventBinding("cc_CA9", "CA9", "to"), ev.From); !errors.Is(err, pii.ErrWrongPlace) {
+		t.Errorf("from opened as to: %v", err)
 	}
 	if strings.Contains(string(b), "8675309") {
 		t.Fatal("PHI in event")
@@ -179,5 +187,22 @@ func TestParsePIIMode(t *testing.T) {
 	}
 	if _, err := ParsePIIMode("clear"); err == nil || !strings.Contains(err.Error(), "RELAY_PII") {
 		t.Error(err)
+	}
+}
+
+// A record whose values were swapped or moved in the database makes no
+// event: the value does not open for the field it was read from.
+func TestConsentEventRefusesMovedValues(t *testing.T) {
+	k := keyring(t, hexA, "")
+	swapped := record(t, k, "r", "CA1")
+	swapped.From, swapped.To = swapped.To, swapped.From
+	other := record(t, k, "r2", "CA2")
+	moved := record(t, k, "r", "CA1")
+	moved.Transcript = other.Transcript
+	for name, rec := range map[string]consent.Record{"swapped": swapped, "moved": moved} {
+		_, err := NewConsentEvent(rec, k)
+		if !errors.Is(err, pii.ErrWrongPlace) || strings.Contains(err.Error(), "8675309") || strings.Contains(err.Error(), "agree") {
+			t.Errorf("%s: %v, want ErrWrongPlace without the value", name, err)
+		}
 	}
 }

@@ -277,8 +277,8 @@ func newApp(ctx context.Context, store consent.Store, locker consent.Locker, rea
 		Store:      store,
 		Locker:     locker,
 		Threshold:  consent.DefaultThreshold,
-		Seal:       keys.Seal,
-		Open:       keys.Open,
+		Seal:       keys.SealFor,
+		Open:       keys.OpenFor,
 		PatientRef: pseudonyms.Ref,
 	})
 	rel, err := relay.NewPostgres(store.(*pgstore.Store).Pool(), relay.Config{Keyring: keys, Pseudonymizer: pseudonyms})

@@ -19,9 +19,10 @@ const (
 	newKey = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff0f0e0d0c0b0a09080706050403020100"
 )
 
-// runResealer runs the key-rotation subtests. They walk whole tables, so
-// each needs a store of its own (as both stores' open functions give).
-func runResealer(t *testing.T, open func(t *testing.T) consent.Store) {
+// RunResealer runs the key-rotation suite against a store that implements
+// consent.Resealer. Its subtests walk whole tables, so unlike Run's, open
+// must give each an empty, migrated store of its own.
+func RunResealer(t *testing.T, open func(t *testing.T) consent.Store) {
 	resealer := func(t *testing.T) (consent.Store, consent.Resealer) {
 		s := open(t)
 		r, ok := s.(consent.Resealer)

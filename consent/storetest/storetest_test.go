@@ -239,6 +239,7 @@ func (m *memStore) Close() error                   { return nil }
 
 func TestSuiteAgainstMemStore(t *testing.T) {
 	Run(t, func(t *testing.T) consent.Store { return newMemStore() })
+	t.Run("Resealer", func(t *testing.T) { RunResealer(t, func(t *testing.T) consent.Store { return newMemStore() }) })
 }
 
 func TestSealedHasJWEShape(t *testing.T) {

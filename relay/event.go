@@ -101,15 +101,18 @@ func TypeForDecision(d consent.Decision) (string, error) {
 // NewConsentEvent builds the event for a stored consent record. Its id is
 // the record's id, so it is stable however often it is built.
 //
-// The record's from, to and transcript are opened (bound to the record) and
-// re-sealed under the active key bound to the event (EventBinding: event id,
-// call, field), never passed on as they are. So a value copied out of an
-// event — from the audit log or from Zapier — cannot be pasted into a record
-// or another event, and an event's values never depend on a retired key
-// even when the record's still do. That costs one AES-GCM open and seal per
-// value (microseconds) in a process that had the plaintext moments ago. A
-// value the keyring cannot open, or one bound to another record, is an
-// error (naming the kid and place only), never a silent omission.
+// A consent event is its record, so its values keep the record's binding
+// (consent_records, call, script, field: all clear in the event as call_sid,
+// disclosure.id and the member; see ValueBinding), and a value already under
+// the active key and bound is passed on as it is. Re-sealing every value for
+// the event would buy nothing the record's binding does not give — a record
+// is exactly one event — and would cost an AES-GCM open and seal per value
+// inside the transaction that records the decision (AfterInsert), where a
+// batch of 128 decisions holds SQLite's one writer. A value under a retired
+// key, or sealed before bindings existed, is opened and re-sealed under the
+// active key, bound, so a receiver only ever needs the current key. A value
+// the keyring cannot open, or one bound to another place (moved in the
+// database), is an error naming the kid and places, never a silent omission.
 func NewConsentEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
 	typ, err := TypeForDecision(rec.Decision)
 	if err != nil {
@@ -142,7 +145,7 @@ func NewConsentEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
 		src  consent.Sealed
 		name string
 	}{{&ev.From, rec.From, consent.FieldFrom}, {&ev.To, rec.To, consent.FieldTo}, {&ev.Transcript, rec.Transcript, consent.FieldTranscript}} {
-		if *f.dst, err = forEvent(k, consent.RecordBinding(rec.CallSID, rec.Script.ID, f.name), EventBinding(ev.ID, ev.CallSID, f.name), f.src); err != nil {
+		if *f.dst, err = forEvent(k, ValueBinding(ev, f.name), f.src); err != nil {
 			return Event{}, fmt.Errorf("relay: event %s field %s: %w", rec.ID, f.name, err)
 		}
 	}
@@ -170,51 +173,57 @@ func NewCallCompletedEvent(c CallCompleted, k *pii.Keyring, p *pii.Pseudonymizer
 	if c.CallSID == "" {
 		return Event{}, errors.New("relay: call.completed without call sid")
 	}
-	id := CallCompletedEventID(c.CallSID)
-	from, err := k.SealFor(EventBinding(id, c.CallSID, consent.FieldFrom), c.From)
-	if err != nil {
-		return Event{}, err
-	}
-	to, err := k.SealFor(EventBinding(id, c.CallSID, consent.FieldTo), c.To)
-	if err != nil {
-		return Event{}, err
-	}
-	return Event{
-		ID:         id,
+	ev := Event{
+		ID:         CallCompletedEventID(c.CallSID),
 		Type:       TypeCallCompleted,
 		OccurredAt: formatTime(c.At),
 		CallSID:    c.CallSID,
 		Source:     consent.SourceStatusCallback,
 		PatientRef: p.Ref(c.From),
-		From:       from,
-		To:         to,
-	}, nil
+	}
+	var err error
+	if ev.From, err = k.SealFor(ValueBinding(ev, consent.FieldFrom), c.From); err != nil {
+		return Event{}, err
+	}
+	if ev.To, err = k.SealFor(ValueBinding(ev, consent.FieldTo), c.To); err != nil {
+		return Event{}, err
+	}
+	return ev, nil
 }
 
 func formatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
 
-// EventContext is the "ctx" of values sealed for a relay event: the event
-// travels (to Zapier, into relay_audit) as a whole, so its values are bound
-// to the event rather than to a table.
+// EventContext is the "ctx" of values sealed for an event that has no
+// record (call.completed): they are bound to the event itself.
 const EventContext = "relay_event"
 
-// EventBinding is where an event's from, to or transcript belongs: the
-// event (its id and call, both clear in the event) and the member.
-func EventBinding(eventID, callSID, field string) consent.Binding {
-	return consent.Binding{Table: EventContext, ID: eventID, CallSID: callSID, Field: field}
+// ValueBinding is where the value in an event's member field (from, to,
+// transcript) must be bound, checkable from the event's clear fields alone:
+// a consent event's values are its record's (consent_records, call_sid,
+// disclosure.id, field), a call.completed event's are the event's own
+// (relay_event, id, call_sid, field).
+func ValueBinding(ev Event, field string) consent.Binding {
+	if ev.Disclosure != nil && ev.Type != TypeCallCompleted {
+		return consent.RecordBinding(ev.CallSID, ev.Disclosure.ID, field)
+	}
+	return consent.Binding{Table: EventContext, ID: ev.ID, CallSID: ev.CallSID, Field: field}
 }
 
-// forEvent moves one value from its record to its event: opened for the
-// record's place, sealed for the event's.
-func forEvent(k *pii.Keyring, from, to consent.Binding, s consent.Sealed) (consent.Sealed, error) {
+// forEvent returns a record's value for its event, bound to place: as it is
+// when already under the active key and bound there (no PHI decrypted for
+// nothing), else opened for place and re-sealed under the active key.
+func forEvent(k *pii.Keyring, place consent.Binding, s consent.Sealed) (consent.Sealed, error) {
 	if s == "" {
 		return "", nil
 	}
-	pt, err := k.OpenFor(from, s) // names the kid if it is unknown, the places if moved
+	if h, err := pii.ReadHeader(s); err == nil && h.KID == k.KID() && h.Binding == place {
+		return s, nil
+	}
+	pt, err := k.OpenFor(place, s) // names the kid if it is unknown, the places if moved
 	if err != nil {
 		return "", err
 	}
-	return k.SealFor(to, pt)
+	return k.SealFor(place, pt)
 }
 
 // WithoutPII returns a copy of e with from, to and transcript removed.

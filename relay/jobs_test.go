@@ -124,13 +124,14 @@ func TestDecrypt(t *testing.T) {
 		t.Fatalf("event value: %q %v", pt, err)
 	}
 	// A whole event checks each value's binding against the event: values
-	// swapped inside it, or pasted in from another event or a record, fail
-	// naming the field, never the value.
+	// swapped inside it, or pasted in from another event, fail naming the
+	// field, never the value.
 	other, _ := NewConsentEvent(record(t, k, "r2", "CA2"), k)
+	completed, _ := NewCallCompletedEvent(CallCompleted{CallSID: "CA", From: "+14158675309"}, k, pii.NewPseudonymizer(make([]byte, 32)))
 	for name, tamper := range map[string]func(e *Event){
-		"swapped":          func(e *Event) { e.From, e.To = e.To, e.From },
-		"from other event": func(e *Event) { e.Transcript = other.Transcript },
-		"from the record":  func(e *Event) { e.From = rec.From },
+		"swapped":                   func(e *Event) { e.From, e.To = e.To, e.From },
+		"from another call's event": func(e *Event) { e.Transcript = other.Transcript },
+		"from call.completed":       func(e *Event) { e.From = completed.From },
 	} {
 		e := ev
 		tamper(&e)

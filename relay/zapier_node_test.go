@@ -80,8 +80,8 @@ func TestZapierCodeStepVerifiesAndDecryptsARealEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An event value under the old kid, as an event stored before the
-	// rotation has it (NewConsentEvent always seals under the active key).
-	ev.Transcript, _ = old.SealFor(EventBinding(ev.ID, ev.CallSID, consent.FieldTranscript), "sí, acepto ✓")
+	// rotation has it (NewConsentEvent re-seals under the active key).
+	ev.Transcript, _ = old.SealFor(ValueBinding(ev, consent.FieldTranscript), "sí, acepto ✓")
 	body, _ := ev.Body(PIIEncrypted)
 	signer, _ := ParseSigningSecret(vecSecret)
 	now := time.Now()

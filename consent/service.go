@@ -24,9 +24,13 @@ type Config struct {
 	Locker Locker
 	// Threshold is the minimum recognizer confidence for speech to decide.
 	Threshold float64
-	// Seal encrypts one PHI value for storage; Open decrypts one.
-	Seal func(plaintext string) (Sealed, error)
-	Open func(Sealed) (string, error)
+	// Seal encrypts one PHI value for storage, bound to the place it is
+	// stored (pii.Keyring.SealFor); Open decrypts one read from the place
+	// named, and must fail for a value bound elsewhere (pii.Keyring.OpenFor).
+	// Both take the place so that no caller can seal or open a value
+	// without saying where it belongs.
+	Seal func(where Binding, plaintext string) (Sealed, error)
+	Open func(where Binding, sealed Sealed) (string, error)
 	// PatientRef pseudonymizes the caller's number.
 	PatientRef func(number string) string
 	// Now defaults to time.Now.
@@ -163,10 +167,10 @@ func (s *Service) Decide(ctx context.Context, a Answer) (Outcome, error) {
 func (s *Service) CallStarted(ctx context.Context, c Call) error {
 	sc := StartedCall{CallSID: c.CallSID, Script: c.Script, StartedAt: s.cfg.Now().UTC()}
 	var err error
-	if sc.From, err = s.cfg.Seal(c.From); err != nil {
+	if sc.From, err = s.cfg.Seal(StartedCallBinding(c.CallSID, FieldFrom), c.From); err != nil {
 		return fmt.Errorf("sealing started call: %w", err)
 	}
-	if sc.To, err = s.cfg.Seal(c.To); err != nil {
+	if sc.To, err = s.cfg.Seal(StartedCallBinding(c.CallSID, FieldTo), c.To); err != nil {
 		return fmt.Errorf("sealing started call: %w", err)
 	}
 	return s.cfg.Store.CallStarted(ctx, sc)
@@ -195,10 +199,10 @@ func (s *Service) Unsettled(ctx context.Context, startedBefore time.Time, limit 
 	calls := make([]Call, 0, len(started))
 	for _, sc := range started {
 		c := Call{CallSID: sc.CallSID, Script: sc.Script}
-		if c.From, err = s.cfg.Open(sc.From); err != nil {
+		if c.From, err = s.cfg.Open(StartedCallBinding(sc.CallSID, FieldFrom), sc.From); err != nil {
 			return nil, fmt.Errorf("opening started call %s: %w", sc.CallSID, err)
 		}
-		if c.To, err = s.cfg.Open(sc.To); err != nil {
+		if c.To, err = s.cfg.Open(StartedCallBinding(sc.CallSID, FieldTo), sc.To); err != nil {
 			return nil, fmt.Errorf("opening started call %s: %w", sc.CallSID, err)
 		}
 		calls = append(calls, c)
@@ -289,10 +293,11 @@ func (s *Service) insert(held context.Context, a Answer, d Decision) (Record, bo
 	}
 	for _, f := range []struct {
 		dst   *Sealed
+		field string
 		plain string
-	}{{&rec.From, a.From}, {&rec.To, a.To}, {&rec.Transcript, a.Transcript}} {
+	}{{&rec.From, FieldFrom, a.From}, {&rec.To, FieldTo, a.To}, {&rec.Transcript, FieldTranscript, a.Transcript}} {
 		var err error
-		if *f.dst, err = s.cfg.Seal(f.plain); err != nil {
+		if *f.dst, err = s.cfg.Seal(RecordBinding(rec.CallSID, rec.Script.ID, f.field), f.plain); err != nil {
 			return Record{}, false, fmt.Errorf("sealing record: %w", err)
 		}
 	}

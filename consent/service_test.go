@@ -48,7 +48,7 @@ func newService(t *testing.T, store consent.Store, locker consent.Locker) *conse
 		t.Fatal(err)
 	}
 	return consent.NewService(consent.Config{
-		Store: store, Locker: locker, Seal: keys.Seal, Open: keys.Open,
+		Store: store, Locker: locker, Seal: keys.SealFor, Open: keys.OpenFor,
 		PatientRef: pii.NewPseudonymizer([]byte("pseudonym-key-0123456789abcdef01")).Ref,
 	})
 }

@@ -107,11 +107,11 @@ func TestRecordSealsPHI(t *testing.T) {
 	for name, f := range map[string]struct {
 		sealed consent.Sealed
 		plain  string
-	}{"from": {rec.From, c.From}, "to": {rec.To, c.To}, "transcript": {rec.Transcript, "yes I agree"}} {
+	}{consent.FieldFrom: {rec.From, c.From}, consent.FieldTo: {rec.To, c.To}, consent.FieldTranscript: {rec.Transcript, "yes I agree"}} {
 		if strings.Contains(string(f.sealed), f.plain) || strings.Count(string(f.sealed), ".") != 4 {
 			t.Errorf("%s is not a JWE: %q", name, f.sealed)
 		}
-		if got, err := h.keys.Open(f.sealed); err != nil || got != f.plain {
+		if got, err := h.keys.OpenFor(consent.RecordBinding(rec.CallSID, rec.Script.ID, name), f.sealed); err != nil || got != f.plain {
 			t.Errorf("%s opens to %q, %v; want %q", name, got, err, f.plain)
 		}
 	}

@@ -64,8 +64,8 @@ func newHarness(t testing.TB, dir string) *harness {
 	h := &harness{t: t, dir: dir, store: store, keys: keys, clock: &clock{now: time.Unix(1_800_000_000, 0)}, lib: twiml.Builtin(), logs: &syncBuffer{}}
 	svc := consent.NewService(consent.Config{
 		Store: store, Locker: memlock.New(), Threshold: consent.DefaultThreshold,
-		Seal: keys.Seal,
-		Open: keys.Open, PatientRef: pseudonyms.Ref, Now: h.clock.Now,
+		Seal: keys.SealFor,
+		Open: keys.OpenFor, PatientRef: pseudonyms.Ref, Now: h.clock.Now,
 	})
 	h.srv = httptest.NewServer(ivr.New(ivr.Config{
 		PublicBaseURL: publicBase, AuthToken: authToken, AccountSID: accountSID, Scripts: h.lib, Consent: svc,

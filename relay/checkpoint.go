@@ -252,16 +252,17 @@ const AuditKeySecretName = "audit_signing_key"
 
 // LoadAuditSigner returns the signer stored in the database, generating and
 // storing one (sealed with k, first writer wins) when there is none, so
-// every instance signs with the same key. Like the patient_ref key, opening
-// it needs the ENCRYPTION_KEY that sealed it (keep it in
-// ENCRYPTION_KEYS_RETIRED after a rotation).
+// every instance signs with the same key. Like the patient_ref key, it is
+// bound to its secret's name, and opening it needs the ENCRYPTION_KEY that
+// sealed it (keep it in ENCRYPTION_KEYS_RETIRED until `consentline keys
+// rotate` has re-sealed it).
 func LoadAuditSigner(ctx context.Context, store pii.SecretStore, k *pii.Keyring) (*AuditSigner, error) {
 	return loadAuditSigner(ctx, store, k, func() (consent.Sealed, error) {
 		seed := make([]byte, ed25519.SeedSize)
 		if _, err := rand.Read(seed); err != nil {
 			return "", err
 		}
-		return k.Seal(base64.StdEncoding.EncodeToString(seed))
+		return k.SealFor(consent.SecretBinding(AuditKeySecretName), base64.StdEncoding.EncodeToString(seed))
 	})
 }
 
@@ -284,7 +285,7 @@ func loadAuditSigner(ctx context.Context, store pii.SecretStore, k *pii.Keyring,
 	if err != nil {
 		return nil, fmt.Errorf("relay: load %s: %w", AuditKeySecretName, err)
 	}
-	plain, err := k.Open(sealed)
+	plain, err := k.OpenFor(consent.SecretBinding(AuditKeySecretName), sealed)
 	if err != nil {
 		return nil, fmt.Errorf("relay: open %s: %w", AuditKeySecretName, err)
 	}

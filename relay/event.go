@@ -104,13 +104,18 @@ func TypeForDecision(d consent.Decision) (string, error) {
 // NewConsentEvent builds the event for a stored consent record. Its id is
 // the record's id, so it is stable however often it is built.
 //
-// The record's at-rest JWE values are re-used as they are when they were
-// sealed with the keyring's active key: the at-rest and event formats are
-// the same (dir/A256GCM, kid), so re-sealing would only mean decrypting PHI
-// in this process for nothing. A value sealed under a retired key is opened
-// and re-sealed under the active key, so a receiver only ever needs the
-// current key. A value the keyring cannot open is an error (naming the kid
-// only), never a silent omission.
+// A consent event is its record, so its values keep the record's binding
+// (consent_records, call, script, field: all clear in the event as call_sid,
+// disclosure.id and the member; see ValueBinding), and a value already under
+// the active key and bound is passed on as it is. Re-sealing every value for
+// the event would buy nothing the record's binding does not give — a record
+// is exactly one event — and would cost an AES-GCM open and seal per value
+// inside the transaction that records the decision (AfterInsert), where a
+// batch of 128 decisions holds SQLite's one writer. A value under a retired
+// key, or sealed before bindings existed, is opened and re-sealed under the
+// active key, bound, so a receiver only ever needs the current key. A value
+// the keyring cannot open, or one bound to another place (moved in the
+// database), is an error naming the kid and places, never a silent omission.
 func NewConsentEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
 	typ, err := TypeForDecision(rec.Decision)
 	if err != nil {
@@ -142,8 +147,8 @@ func NewConsentEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
 		dst  *consent.Sealed
 		src  consent.Sealed
 		name string
-	}{{&ev.From, rec.From, "from"}, {&ev.To, rec.To, "to"}, {&ev.Transcript, rec.Transcript, "transcript"}} {
-		if *f.dst, err = forEvent(k, f.src); err != nil {
+	}{{&ev.From, rec.From, consent.FieldFrom}, {&ev.To, rec.To, consent.FieldTo}, {&ev.Transcript, rec.Transcript, consent.FieldTranscript}} {
+		if *f.dst, err = forEvent(k, ValueBinding(ev, f.name), f.src); err != nil {
 			return Event{}, fmt.Errorf("relay: event %s field %s: %w", rec.ID, f.name, err)
 		}
 	}
@@ -171,40 +176,57 @@ func NewCallCompletedEvent(c CallCompleted, k *pii.Keyring, p *pii.Pseudonymizer
 	if c.CallSID == "" {
 		return Event{}, errors.New("relay: call.completed without call sid")
 	}
-	from, err := k.Seal(c.From)
-	if err != nil {
-		return Event{}, err
-	}
-	to, err := k.Seal(c.To)
-	if err != nil {
-		return Event{}, err
-	}
-	return Event{
+	ev := Event{
 		ID:         CallCompletedEventID(c.CallSID),
 		Type:       TypeCallCompleted,
 		OccurredAt: formatTime(c.At),
 		CallSID:    c.CallSID,
 		Source:     consent.SourceStatusCallback,
 		PatientRef: p.Ref(c.From),
-		From:       from,
-		To:         to,
-	}, nil
+	}
+	var err error
+	if ev.From, err = k.SealFor(ValueBinding(ev, consent.FieldFrom), c.From); err != nil {
+		return Event{}, err
+	}
+	if ev.To, err = k.SealFor(ValueBinding(ev, consent.FieldTo), c.To); err != nil {
+		return Event{}, err
+	}
+	return ev, nil
 }
 
 func formatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
 
-func forEvent(k *pii.Keyring, s consent.Sealed) (consent.Sealed, error) {
+// EventContext is the "ctx" of values sealed for an event that has no
+// record (call.completed): they are bound to the event itself.
+const EventContext = "relay_event"
+
+// ValueBinding is where the value in an event's member field (from, to,
+// transcript) must be bound, checkable from the event's clear fields alone:
+// a consent event's values are its record's (consent_records, call_sid,
+// disclosure.id, field), a call.completed event's are the event's own
+// (relay_event, id, call_sid, field).
+func ValueBinding(ev Event, field string) consent.Binding {
+	if ev.Disclosure != nil && ev.Type != TypeCallCompleted {
+		return consent.RecordBinding(ev.CallSID, ev.Disclosure.ID, field)
+	}
+	return consent.Binding{Table: EventContext, ID: ev.ID, CallSID: ev.CallSID, Field: field}
+}
+
+// forEvent returns a record's value for its event, bound to place: as it is
+// when already under the active key and bound there (no PHI decrypted for
+// nothing), else opened for place and re-sealed under the active key.
+func forEvent(k *pii.Keyring, place consent.Binding, s consent.Sealed) (consent.Sealed, error) {
 	if s == "" {
 		return "", nil
 	}
-	if kid := pii.SealedKID(s); kid != "" && kid == k.KID() {
+	if h, err := pii.ReadHeader(s); err == nil && h.KID == k.KID() && h.Binding == place {
 		return s, nil
 	}
-	pt, err := k.Open(s) // names the kid if it is unknown
+	pt, err := k.OpenFor(place, s) // names the kid if it is unknown, the places if moved
 	if err != nil {
 		return "", err
 	}
-	return k.Seal(pt)
+	return k.SealFor(place, pt)
 }
 
 // WithoutPII returns a copy of e with from, to and transcript removed.

@@ -2,12 +2,14 @@ package relay
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/consent/pii/piitest"
 )
 
 func TestConsentEventJSON(t *testing.T) {
@@ -44,14 +46,16 @@ func TestConsentEventJSON(t *testing.T) {
 	if len(m) != len(want)+1+3 {
 		t.Errorf("unexpected fields: %v", keys(m))
 	}
-	// The at-rest JWE is under the active key, so it is re-used as is.
+	// The at-rest JWE is under the active key and bound to the record,
+	// which is the event: re-used as is.
 	if ev.From != rec.From || ev.Transcript != rec.Transcript {
 		t.Error("active-key values should be re-used")
 	}
 	for _, f := range []string{"from", "to", "transcript"} {
-		s := m[f].(string)
-		if pii.SealedKID(consent.Sealed(s)) != k.KID() {
-			t.Errorf("%s is not a JWE under the active kid", f)
+		s := consent.Sealed(m[f].(string))
+		h, err := pii.ReadHeader(s)
+		if err != nil || h.KID != k.KID() || h.Binding != consent.RecordBinding("CA123", "hipaa-consent", f) || ValueBinding(ev, f) != h.Binding {
+			t.Errorf("%s: header %+v, %v; want the active kid and the record's binding", f, h, err)
 		}
 	}
 	for _, phi := range []string{"8675309", "5551212", "agree"} {
@@ -133,7 +137,7 @@ func TestConsentEventResealsRetiredAndRejectsUnknown(t *testing.T) {
 	if pii.SealedKID(ev.From) != rotated.KID() {
 		t.Fatal("retired-key value not re-sealed under the active key")
 	}
-	if pt, _ := rotated.Open(ev.From); pt != "+14158675309" {
+	if pt, _ := rotated.OpenFor(consent.RecordBinding("CA1", "hipaa-consent", "from"), ev.From); pt != "+14158675309" {
 		t.Fatal("re-sealed value does not open to the original")
 	}
 	_, err = NewConsentEvent(rec, keyring(t, hexB, ""))
@@ -163,8 +167,14 @@ func TestCallCompletedEvent(t *testing.T) {
 			t.Errorf("call.completed has %s", f)
 		}
 	}
-	if pt, _ := k.Open(ev.From); pt != "+1 (415) 867-5309" {
+	// No record: the values are bound to the event itself.
+	bound := consent.Binding{Table: "relay_event", ID: "cc_CA9", CallSID: "CA9", Field: "from"}
+	if pt, _ := k.OpenFor(bound, ev.From); pt != "+1 (415) 867-5309" || ValueBinding(ev, "from") != bound {
 		t.Error("from does not open")
+	}
+	bound.Field = "to"
+	if _, err := k.OpenFor(bound, ev.From); !errors.Is(err, pii.ErrWrongPlace) {
+		t.Errorf("from opened as to: %v", err)
 	}
 	if strings.Contains(string(b), "8675309") {
 		t.Fatal("PHI in event")
@@ -179,5 +189,32 @@ func TestParsePIIMode(t *testing.T) {
 	}
 	if _, err := ParsePIIMode("clear"); err == nil || !strings.Contains(err.Error(), "RELAY_PII") {
 		t.Error(err)
+	}
+}
+
+// A record whose values were swapped or moved in the database makes no
+// event: the value does not open for the field it was read from. A legacy
+// (unbound) value is re-sealed bound.
+func TestConsentEventRefusesMovedValues(t *testing.T) {
+	k := keyring(t, hexA, "")
+	swapped := record(t, k, "r", "CA1")
+	swapped.From, swapped.To = swapped.To, swapped.From
+	other := record(t, k, "r2", "CA2")
+	moved := record(t, k, "r", "CA1")
+	moved.Transcript = other.Transcript
+	for name, rec := range map[string]consent.Record{"swapped": swapped, "moved": moved} {
+		_, err := NewConsentEvent(rec, k)
+		if !errors.Is(err, pii.ErrWrongPlace) || strings.Contains(err.Error(), "8675309") || strings.Contains(err.Error(), "agree") {
+			t.Errorf("%s: %v, want ErrWrongPlace without the value", name, err)
+		}
+	}
+	legacy := record(t, k, "r", "CA1")
+	legacy.From = piitest.LegacySeal(t, hexA, "+14158675309")
+	ev, err := NewConsentEvent(legacy, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := pii.ReadHeader(ev.From); h.Binding != consent.RecordBinding("CA1", "hipaa-consent", "from") {
+		t.Errorf("legacy value in the event bound to %+v", h.Binding)
 	}
 }

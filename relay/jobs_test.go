@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/consent/pii/piitest"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 )
@@ -116,6 +118,35 @@ func TestDecrypt(t *testing.T) {
 	out, err := Decrypt(k, string(body))
 	if err != nil || !strings.Contains(out, `"transcript": "yes I agree"`) || !strings.Contains(out, `"to": "+18005551212"`) {
 		t.Fatalf("event: %s %v", out, err)
+	}
+	// A bound value opens on its own, by its own header.
+	if pt, err := Decrypt(k, string(ev.To)); err != nil || pt != "+18005551212" {
+		t.Fatalf("event value: %q %v", pt, err)
+	}
+	// A whole event checks each value's binding against the event: values
+	// swapped inside it, or pasted in from another event, fail naming the
+	// field, never the value.
+	other, _ := NewConsentEvent(record(t, k, "r2", "CA2"), k)
+	completed, _ := NewCallCompletedEvent(CallCompleted{CallSID: "CA", From: "+14158675309"}, k, pii.NewPseudonymizer(make([]byte, 32)))
+	for name, tamper := range map[string]func(e *Event){
+		"swapped":                   func(e *Event) { e.From, e.To = e.To, e.From },
+		"from another call's event": func(e *Event) { e.Transcript = other.Transcript },
+		"from call.completed":       func(e *Event) { e.From = completed.From },
+	} {
+		e := ev
+		tamper(&e)
+		b, _ := e.Body(PIIEncrypted)
+		_, err := Decrypt(k, string(b))
+		if !errors.Is(err, pii.ErrWrongPlace) || strings.Contains(err.Error(), "8675309") || strings.Contains(err.Error(), "5551212") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// Events stored before bindings existed (legacy values) still open.
+	legacy := ev
+	legacy.From = piitest.LegacySeal(t, hexA, "+14158675309") // a retired key, too
+	b, _ := legacy.Body(PIIEncrypted)
+	if out, err := Decrypt(k, string(b)); err != nil || !strings.Contains(out, `"from": "+14158675309"`) {
+		t.Fatalf("legacy event: %s %v", out, err)
 	}
 	if _, err := Decrypt(keyring(t, hexB, ""), string(rec.From)); err == nil {
 		t.Fatal("opened without the key")

@@ -134,25 +134,35 @@ func (r *Relay) VerifyAudit(ctx context.Context) (VerifyResult, error) {
 }
 
 // Decrypt opens a value for the `decrypt VALUE` command: a single JWE
-// compact string gives its plaintext; a whole relay event (JSON) gives the
-// event with from, to and transcript replaced by their plaintexts. The
-// result is PHI: the caller prints it to the operator's terminal and
-// nowhere else.
+// compact string gives its plaintext (a bound value is opened for the place
+// its own authenticated header names: there is nothing else to check it
+// against); a whole relay event (JSON) gives the event with from, to and
+// transcript replaced by their plaintexts, each checked to be bound to this
+// event (ValueBinding: its call_sid, disclosure id or event id, and the
+// member it sits in), so a value pasted in from another event or record
+// fails, naming the field and kid. Values sealed before bindings existed
+// open either way. The result is PHI: the
+// caller prints it to the operator's terminal and nowhere else.
 func Decrypt(k *pii.Keyring, value string) (string, error) {
 	value = strings.TrimSpace(value)
 	if !strings.HasPrefix(value, "{") {
-		return k.Open(consent.Sealed(value))
+		pt, _, err := k.OpenAny(consent.Sealed(value))
+		return pt, err
 	}
 	var m map[string]any
 	if err := json.Unmarshal([]byte(value), &m); err != nil {
 		return "", errors.New("relay: decrypt: neither a JWE value nor a JSON event")
 	}
-	for _, f := range []string{"from", "to", "transcript"} {
+	var ev Event // the clear fields that say where the values belong
+	if err := json.Unmarshal([]byte(value), &ev); err != nil {
+		return "", errors.New("relay: decrypt: the JSON is not a relay event")
+	}
+	for _, f := range []string{consent.FieldFrom, consent.FieldTo, consent.FieldTranscript} {
 		s, ok := m[f].(string)
 		if !ok || s == "" {
 			continue
 		}
-		pt, err := k.Open(consent.Sealed(s))
+		pt, err := k.OpenFor(ValueBinding(ev, f), consent.Sealed(s))
 		if err != nil {
 			return "", fmt.Errorf("relay: decrypt %s: %w", f, err)
 		}

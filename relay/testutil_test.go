@@ -43,11 +43,12 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// record builds a sealed consent record as the IVR would.
+// record builds a sealed consent record as the IVR would: each value bound
+// to the record's call, script and field.
 func record(t testing.TB, k *pii.Keyring, id, callSID string) consent.Record {
 	t.Helper()
-	seal := func(s string) consent.Sealed {
-		v, err := k.Seal(s)
+	seal := func(field, s string) consent.Sealed {
+		v, err := k.SealFor(consent.RecordBinding(callSID, "hipaa-consent", field), s)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,9 +68,9 @@ func record(t testing.TB, k *pii.Keyring, id, callSID string) consent.Record {
 		MustHearComplete:  true,
 		Timing:            consent.TimingEstimated,
 		PatientRef:        "pr_0123456789abcdef0123456789abcdef",
-		From:              seal("+14158675309"),
-		To:                seal("+18005551212"),
-		Transcript:        seal("yes I agree"),
+		From:              seal(consent.FieldFrom, "+14158675309"),
+		To:                seal(consent.FieldTo, "+18005551212"),
+		Transcript:        seal(consent.FieldTranscript, "yes I agree"),
 		DecidedAt:         time.Date(2026, 3, 1, 12, 0, 0, 123456000, time.UTC),
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/consentline/consentline/consent"
 )
 
 // zapierCode extracts the Code by Zapier step from docs/zapier.md, so the
@@ -73,12 +75,13 @@ func TestZapierCodeStepVerifiesAndDecryptsARealEvent(t *testing.T) {
 	old := keyring(t, hexA, "")
 	k := keyring(t, hexB, hexA)
 	rec := record(t, k, "rec_node", "CA_NODE")
-	rec.Transcript, _ = old.Seal("sí, acepto ✓")
 	ev, err := NewConsentEvent(rec, k)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev.Transcript = rec.Transcript // keep the old kid (NewConsentEvent would re-seal it)
+	// An event value under the old kid, as an event stored before the
+	// rotation has it (NewConsentEvent re-seals under the active key).
+	ev.Transcript, _ = old.SealFor(ValueBinding(ev, consent.FieldTranscript), "sí, acepto ✓")
 	body, _ := ev.Body(PIIEncrypted)
 	signer, _ := ParseSigningSecret(vecSecret)
 	now := time.Now()

@@ -236,8 +236,8 @@ func (p *printer) record(rec consent.Record, keys *pii.Keyring) {
 	for _, f := range []struct {
 		name   string
 		sealed consent.Sealed
-	}{{"from", rec.From}, {"to", rec.To}, {"transcript", rec.Transcript}} {
-		plain, err := keys.Open(f.sealed)
+	}{{consent.FieldFrom, rec.From}, {consent.FieldTo, rec.To}, {consent.FieldTranscript, rec.Transcript}} {
+		plain, err := keys.OpenFor(consent.RecordBinding(rec.CallSID, rec.Script.ID, f.name), f.sealed)
 		if err != nil {
 			plain = "(cannot decrypt: " + err.Error() + ")"
 		}

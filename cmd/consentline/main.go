@@ -5,6 +5,7 @@
 //	consentline migrate   apply database migrations and exit
 //	consentline relay     list failed deliveries, replay one
 //	consentline audit     verify the audit log (hash chains and signed checkpoints), sign and export its heads
+//	consentline keys      re-seal stored PII under ENCRYPTION_KEY (rotate), or count it by key (status)
 //	consentline decrypt   decrypt a JWE field or a whole relay event
 package main
 
@@ -35,6 +36,11 @@ commands:
             sign every chain head now and print the signed heads as JSON (keep it elsewhere)
   audit pubkey
             print the public key that verifies the audit log's checkpoints
+  keys rotate [--batch N]
+            re-seal every stored PII value and sealed secret under ENCRYPTION_KEY, bound to
+            its place; resumable, safe while serve runs; says how many still need a retired key
+  keys status
+            count stored values by key, changing nothing
   decrypt VALUE
             decrypt a JWE field or a whole relay event with ENCRYPTION_KEY(S_RETIRED);
             "-" reads VALUE from stdin. The output is PHI: keep it on your terminal.
@@ -69,6 +75,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = relayCommand(ctx, args[1:], getenv, stdout)
 	case "audit":
 		err = auditCommand(ctx, args[1:], getenv, stdout, stderr)
+	case "keys":
+		err = keysCommand(ctx, args[1:], getenv, stdout, stderr)
 	case "decrypt":
 		err = decryptCommand(args[1:], getenv, stdout)
 	case "help", "-h", "--help":

@@ -153,8 +153,8 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 		Store:      b.store,
 		Locker:     b.locker,
 		Threshold:  s.Threshold,
-		Seal:       s.Keys.Seal,
-		Open:       s.Keys.Open,
+		Seal:       s.Keys.SealFor,
+		Open:       s.Keys.OpenFor,
 		PatientRef: pseudonyms.Ref,
 	})
 	return ivr.Config{

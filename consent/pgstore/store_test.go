@@ -38,9 +38,11 @@ WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE da
 
 func TestStore(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, func(t *testing.T) consent.Store {
+	fresh := func(t *testing.T) consent.Store {
 		return open(t, testdb.Postgres(t), Options{Migrate: true})
-	})
+	}
+	storetest.Run(t, fresh)
+	t.Run("Resealer", func(t *testing.T) { storetest.RunResealer(t, fresh) })
 }
 
 func count(t *testing.T, s *Store, query string, args ...any) int {

@@ -3,9 +3,16 @@
 //
 // Sealed values are JWE compact strings, dir/A256GCM, with the key's
 // fingerprint as "kid" in the protected header (CONTRACT.md §3). The same
-// format is used at rest and in relay events, so a value sealed once can be
-// opened by whoever holds the key: the service, the CLI's decrypt command, or
-// the clinic's Zapier step.
+// format is used at rest and in relay events, so a value can be opened by
+// whoever holds the key: the service, the CLI's decrypt command, or the
+// clinic's Zapier step.
+//
+// Each value is also bound to its place — table, row, field — by extra
+// protected-header parameters (ctx, rid, sid, scr, fld; see SealFor). The
+// header is authenticated, so a value moved to another field or record fails
+// to open with a *PlaceError, while any JWE library that ignores the
+// parameters still opens it (none is in "crit"). Values sealed before
+// bindings existed still open; Rotate rewrites them bound.
 //
 // Nothing in this package ever puts a key or a plaintext into an error.
 package pii
@@ -138,16 +145,46 @@ func (k *Keyring) KID() string { return k.kid }
 // active one first (for startup logs and `decrypt` diagnostics).
 func (k *Keyring) KIDs() []string { return append([]string(nil), k.kids...) }
 
-// Seal encrypts plaintext under the active key. The empty string seals to
-// the empty Sealed, so an absent value stays absent rather than becoming an
-// encryption of "". go-jose draws a fresh random 96-bit IV per call, so two
-// seals of the same value differ.
-func (k *Keyring) Seal(plaintext string) (consent.Sealed, error) {
+// Binding names the place a sealed value belongs (see consent.Binding).
+type Binding = consent.Binding
+
+// The protected-header parameters that carry a Binding. None is listed in
+// "crit" (CONTRACT.md §3): a standard JWE library ignores them and still
+// opens the value, while AES-GCM authenticates them as part of the header,
+// so they cannot be edited without the key.
+const (
+	hdrTable    jose.HeaderKey = "ctx"
+	hdrID       jose.HeaderKey = "rid"
+	hdrCallSID  jose.HeaderKey = "sid"
+	hdrScriptID jose.HeaderKey = "scr"
+	hdrField    jose.HeaderKey = "fld"
+)
+
+// SealFor encrypts plaintext under the active key, bound to b: b's members
+// go into the protected header, and OpenFor opens the value only for the
+// same place. There is deliberately no unbound Seal: every caller has to
+// say where the value is going. The empty string seals to the empty Sealed,
+// so an absent value stays absent rather than becoming an encryption of "".
+// go-jose draws a fresh random 96-bit IV per call, so two seals of the same
+// value differ.
+func (k *Keyring) SealFor(b Binding, plaintext string) (consent.Sealed, error) {
+	if b.Table == "" || b.Field == "" {
+		// A programming error, caught before anything is written.
+		return "", errors.New("pii: seal: the binding names no table or field")
+	}
 	if plaintext == "" {
 		return "", nil
 	}
+	opts := &jose.EncrypterOptions{}
+	for key, v := range map[jose.HeaderKey]string{
+		hdrTable: b.Table, hdrID: b.ID, hdrCallSID: b.CallSID, hdrScriptID: b.ScriptID, hdrField: b.Field,
+	} {
+		if v != "" { // absent, not "": a record and a started call differ by which keys they have
+			opts.WithHeader(key, v)
+		}
+	}
 	enc, err := jose.NewEncrypter(jose.A256GCM,
-		jose.Recipient{Algorithm: jose.DIRECT, Key: k.active, KeyID: k.kid}, nil)
+		jose.Recipient{Algorithm: jose.DIRECT, Key: k.active, KeyID: k.kid}, opts)
 	if err != nil {
 		return "", fmt.Errorf("pii: seal: %w", err)
 	}
@@ -162,37 +199,134 @@ func (k *Keyring) Seal(plaintext string) (consent.Sealed, error) {
 	return consent.Sealed(s), nil
 }
 
-// ErrUnknownKey is wrapped by Open when the value's kid is not in the
-// keyring (typically: a retired key was dropped from ENCRYPTION_KEYS_RETIRED
-// too early).
+// ErrUnknownKey is wrapped by the Open methods when the value's kid is not
+// in the keyring (typically: a retired key was dropped from
+// ENCRYPTION_KEYS_RETIRED too early).
 var ErrUnknownKey = errors.New("pii: no key for kid")
 
-// Open decrypts a sealed value with the key its kid names (active or
-// retired). The empty Sealed opens to "". Errors name at most the kid;
-// go-jose's own errors are not wrapped because we can't vouch for what they
-// quote.
-func (k *Keyring) Open(s consent.Sealed) (string, error) {
-	if s == "" {
-		return "", nil
-	}
-	obj, err := jose.ParseEncryptedCompact(string(s),
-		[]jose.KeyAlgorithm{jose.DIRECT}, []jose.ContentEncryption{jose.A256GCM})
+// ErrWrongPlace is wrapped (by a *PlaceError) when a value opens but is
+// bound to another place than the one it was read from: it was moved there.
+var ErrWrongPlace = errors.New("pii: value bound to another place")
+
+// PlaceError says where a value was found and where it belongs. It holds
+// ids and the kid, never the value.
+type PlaceError struct {
+	Want, Got Binding
+	KID       string
+}
+
+func (e *PlaceError) Error() string {
+	return fmt.Sprintf("pii: open: value read from %s is bound to %s (kid %q): it was moved from another field or record",
+		e.Want, e.Got, e.KID)
+}
+
+func (e *PlaceError) Unwrap() error { return ErrWrongPlace }
+
+// OpenFor decrypts a value read from the place b, with the key its kid
+// names (active or retired). A value bound to another place fails with a
+// *PlaceError (errors.Is ErrWrongPlace), after authentication, so the
+// binding it reports is the one it was sealed with. A value with no binding
+// at all was sealed before bindings existed and opens anywhere (legacy);
+// `consentline keys rotate` rewrites those with their binding. The empty
+// Sealed opens to "". Errors name at most the place and the kid; go-jose's
+// own errors are not wrapped because we can't vouch for what they quote.
+func (k *Keyring) OpenFor(b Binding, s consent.Sealed) (string, error) {
+	pt, got, err := k.open(s)
 	if err != nil {
-		return "", errors.New("pii: open: not a dir/A256GCM JWE compact value")
+		return "", err
+	}
+	if !got.IsZero() && got != b {
+		return "", &PlaceError{Want: b, Got: got, KID: SealedKID(s)}
+	}
+	return pt, nil
+}
+
+// OpenAny decrypts a value wherever it belongs and returns the binding its
+// own (authenticated) header names, zero for a legacy value. It is for
+// tools shown a lone value out of context (`consentline decrypt VALUE`);
+// code that read the value from a known place uses OpenFor.
+func (k *Keyring) OpenAny(s consent.Sealed) (string, Binding, error) {
+	return k.open(s)
+}
+
+func (k *Keyring) open(s consent.Sealed) (string, Binding, error) {
+	if s == "" {
+		return "", Binding{}, nil
+	}
+	obj, err := parse(s)
+	if err != nil {
+		return "", Binding{}, err
 	}
 	kid := obj.Header.KeyID
 	if kid == "" {
-		return "", errors.New("pii: open: sealed value has no kid")
+		return "", Binding{}, errors.New("pii: open: sealed value has no kid")
 	}
 	key, ok := k.byKID[kid]
 	if !ok {
-		return "", fmt.Errorf("%w %q (list the key that made it in ENCRYPTION_KEYS_RETIRED)", ErrUnknownKey, kid)
+		return "", Binding{}, fmt.Errorf("%w %q (list the key that made it in ENCRYPTION_KEYS_RETIRED)", ErrUnknownKey, kid)
 	}
 	pt, err := obj.Decrypt(key)
 	if err != nil {
-		return "", fmt.Errorf("pii: open: authentication failed for kid %q (value altered or wrong key)", kid)
+		return "", Binding{}, fmt.Errorf("pii: open: authentication failed for kid %q (value altered or wrong key)", kid)
 	}
-	return string(pt), nil
+	// Read only now: before Decrypt the header was not authenticated.
+	b, err := headerBinding(obj.Header)
+	if err != nil {
+		return "", Binding{}, fmt.Errorf("pii: open: kid %q: %w", kid, err)
+	}
+	return string(pt), b, nil
+}
+
+func parse(s consent.Sealed) (*jose.JSONWebEncryption, error) {
+	obj, err := jose.ParseEncryptedCompact(string(s),
+		[]jose.KeyAlgorithm{jose.DIRECT}, []jose.ContentEncryption{jose.A256GCM})
+	if err != nil {
+		return nil, errors.New("pii: open: not a dir/A256GCM JWE compact value")
+	}
+	return obj, nil
+}
+
+func headerBinding(h jose.Header) (Binding, error) {
+	var b Binding
+	for key, dst := range map[jose.HeaderKey]*string{
+		hdrTable: &b.Table, hdrID: &b.ID, hdrCallSID: &b.CallSID, hdrScriptID: &b.ScriptID, hdrField: &b.Field,
+	} {
+		v, ok := h.ExtraHeaders[key]
+		if !ok {
+			continue
+		}
+		str, ok := v.(string)
+		if !ok || str == "" {
+			return Binding{}, fmt.Errorf("binding header %q is not a non-empty string", key)
+		}
+		*dst = str
+	}
+	if !b.IsZero() && (b.Table == "" || b.Field == "") {
+		return Binding{}, errors.New("binding header names no table or field")
+	}
+	return b, nil
+}
+
+// Header is what a sealed value's protected header says, read without
+// opening it (nothing in it is authenticated until the value is opened).
+type Header struct {
+	KID     string
+	Binding Binding
+}
+
+// ReadHeader parses a sealed value's protected header without opening it:
+// key rotation uses it to skip values already under the active key and
+// bound to their place, without decrypting them.
+func ReadHeader(s consent.Sealed) (Header, error) {
+	obj, err := parse(s)
+	if err != nil {
+		return Header{}, err
+	}
+	b, err := headerBinding(obj.Header)
+	if err != nil {
+		return Header{}, fmt.Errorf("pii: kid %q: %w", obj.Header.KeyID, err)
+	}
+	return Header{KID: obj.Header.KeyID, Binding: b}, nil
 }
 
 // SealedKID returns the kid in a sealed value's protected header without
@@ -201,8 +335,7 @@ func SealedKID(s consent.Sealed) string {
 	if s == "" {
 		return ""
 	}
-	obj, err := jose.ParseEncryptedCompact(string(s),
-		[]jose.KeyAlgorithm{jose.DIRECT}, []jose.ContentEncryption{jose.A256GCM})
+	obj, err := parse(s)
 	if err != nil {
 		return ""
 	}
@@ -273,8 +406,10 @@ type SecretStore interface {
 // LoadPseudonymizer returns the instance-wide Pseudonymizer: the key is
 // generated once, stored sealed (hex inside the JWE) under
 // PseudonymSecretName with first-writer-wins semantics, and opened with k.
-// Opening needs the key that sealed it, so after a rotation the old key must
-// stay in ENCRYPTION_KEYS_RETIRED (or the secret be re-sealed) — otherwise
+// The sealed key is bound to its secret's name. Opening needs the key that
+// sealed it, so after a rotation the old key must stay in
+// ENCRYPTION_KEYS_RETIRED until `consentline keys rotate` re-seals it —
+// otherwise
 // this fails, naming the kid, instead of silently minting a new pseudonym key
 // that would change every patient_ref.
 func LoadPseudonymizer(ctx context.Context, store SecretStore, k *Keyring) (*Pseudonymizer, error) {
@@ -283,12 +418,12 @@ func LoadPseudonymizer(ctx context.Context, store SecretStore, k *Keyring) (*Pse
 		if err != nil {
 			return "", err
 		}
-		return k.Seal(hex.EncodeToString(key))
+		return k.SealFor(consent.SecretBinding(PseudonymSecretName), hex.EncodeToString(key))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pii: load %s: %w", PseudonymSecretName, err)
 	}
-	plain, err := k.Open(sealed)
+	plain, err := k.OpenFor(consent.SecretBinding(PseudonymSecretName), sealed)
 	if err != nil {
 		return nil, fmt.Errorf("pii: open %s: %w", PseudonymSecretName, err)
 	}

@@ -17,6 +17,9 @@ const (
 	hexB = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff0f0e0d0c0b0a09080706050403020100"
 )
 
+// where is the place the tests' values belong: a record's from.
+var where = consent.RecordBinding("CA0123456789abcdef0123456789abcdef", "hipaa-consent", consent.FieldFrom)
+
 func mustRing(t *testing.T, active, retired string) *Keyring {
 	t.Helper()
 	k, err := ParseKeyring(active, retired)
@@ -29,14 +32,14 @@ func mustRing(t *testing.T, active, retired string) *Keyring {
 func TestRoundTrip(t *testing.T) {
 	k := mustRing(t, hexA, "")
 	for _, pt := range []string{"+14158675309", "yes I agree, that's fine", "ünïcödé ☎", strings.Repeat("x", 10000)} {
-		s, err := k.Seal(pt)
+		s, err := k.SealFor(where, pt)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if strings.Contains(string(s), pt) {
 			t.Fatal("sealed value contains the plaintext")
 		}
-		got, err := k.Open(s)
+		got, err := k.OpenFor(where, s)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,11 +51,11 @@ func TestRoundTrip(t *testing.T) {
 
 func TestEmptyStaysAbsent(t *testing.T) {
 	k := mustRing(t, hexA, "")
-	s, err := k.Seal("")
+	s, err := k.SealFor(where, "")
 	if err != nil || s != "" {
 		t.Fatalf("Seal(\"\") = %q, %v; want \"\", nil", s, err)
 	}
-	pt, err := k.Open("")
+	pt, err := k.OpenFor(where, "")
 	if err != nil || pt != "" {
 		t.Fatalf("Open(\"\") = %q, %v", pt, err)
 	}
@@ -60,8 +63,8 @@ func TestEmptyStaysAbsent(t *testing.T) {
 
 func TestFreshIVAndHeader(t *testing.T) {
 	k := mustRing(t, hexA, "")
-	s1, _ := k.Seal("+14158675309")
-	s2, _ := k.Seal("+14158675309")
+	s1, _ := k.SealFor(where, "+14158675309")
+	s2, _ := k.SealFor(where, "+14158675309")
 	if s1 == s2 {
 		t.Fatal("two seals of the same value are identical")
 	}
@@ -91,8 +94,17 @@ func TestFreshIVAndHeader(t *testing.T) {
 	if err := json.Unmarshal(raw, &h); err != nil {
 		t.Fatal(err)
 	}
-	if h["alg"] != "dir" || h["enc"] != "A256GCM" || h["kid"] != k.KID() || len(h) != 3 {
-		t.Fatalf("header = %v", h)
+	// The binding is in the protected header, nothing in "crit" (so any
+	// JWE library opens the value), and "" members are absent, not empty.
+	want := map[string]any{"alg": "dir", "enc": "A256GCM", "kid": k.KID(),
+		"ctx": "consent_records", "sid": where.CallSID, "scr": "hipaa-consent", "fld": "from"}
+	if len(h) != len(want) {
+		t.Fatalf("header = %v, want %v", h, want)
+	}
+	for name, v := range want {
+		if h[name] != v {
+			t.Fatalf("header = %v, want %v", h, want)
+		}
 	}
 	if SealedKID(s1) != k.KID() {
 		t.Fatal("SealedKID")
@@ -101,7 +113,7 @@ func TestFreshIVAndHeader(t *testing.T) {
 
 func TestTamperFails(t *testing.T) {
 	k := mustRing(t, hexA, "")
-	s, _ := k.Seal("+14158675309")
+	s, _ := k.SealFor(where, "+14158675309")
 	parts := strings.Split(string(s), ".")
 	for i := range []int{0, 2, 3, 4} {
 		idx := []int{0, 2, 3, 4}[i]
@@ -114,36 +126,36 @@ func TestTamperFails(t *testing.T) {
 			b[0] ^= 1
 		}
 		p[idx] = base64.RawURLEncoding.EncodeToString(b)
-		if pt, err := k.Open(consent.Sealed(strings.Join(p, "."))); err == nil {
+		if pt, err := k.OpenFor(where, consent.Sealed(strings.Join(p, "."))); err == nil {
 			t.Fatalf("tampered part %d opened to %q", idx, pt)
 		} else if strings.Contains(err.Error(), "8675309") {
 			t.Fatal("error leaks plaintext")
 		}
 	}
-	if _, err := k.Open("not-a-jwe"); err == nil {
+	if _, err := k.OpenFor(where, "not-a-jwe"); err == nil {
 		t.Fatal("garbage opened")
 	}
 }
 
 func TestRotation(t *testing.T) {
 	a := mustRing(t, hexA, "")
-	s, _ := a.Seal("+14158675309")
+	s, _ := a.SealFor(where, "+14158675309")
 
 	rotated := mustRing(t, hexB, " "+hexA+" ,")
-	got, err := rotated.Open(s)
+	got, err := rotated.OpenFor(where, s)
 	if err != nil || got != "+14158675309" {
 		t.Fatalf("rotated keyring: %q, %v", got, err)
 	}
 	if rotated.KID() == a.KID() {
 		t.Fatal("kid did not change with the key")
 	}
-	s2, _ := rotated.Seal("x")
+	s2, _ := rotated.SealFor(where, "x")
 	if SealedKID(s2) != rotated.KID() {
 		t.Fatal("new seals must use the active key")
 	}
 
 	bOnly := mustRing(t, hexB, "")
-	_, err = bOnly.Open(s)
+	_, err = bOnly.OpenFor(where, s)
 	if !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("want ErrUnknownKey, got %v", err)
 	}
@@ -290,7 +302,7 @@ func TestLoadPseudonymizerSurvivesRotation(t *testing.T) {
 func BenchmarkSeal(b *testing.B) {
 	k, _ := ParseKeyring(hexA, "")
 	for b.Loop() {
-		if _, err := k.Seal("+14158675309"); err != nil {
+		if _, err := k.SealFor(where, "+14158675309"); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -298,9 +310,9 @@ func BenchmarkSeal(b *testing.B) {
 
 func BenchmarkOpen(b *testing.B) {
 	k, _ := ParseKeyring(hexA, "")
-	s, _ := k.Seal("+14158675309")
+	s, _ := k.SealFor(where, "+14158675309")
 	for b.Loop() {
-		if _, err := k.Open(s); err != nil {
+		if _, err := k.OpenFor(where, s); err != nil {
 			b.Fatal(err)
 		}
 	}

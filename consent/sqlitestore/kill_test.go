@@ -167,15 +167,17 @@ func recordForever(dir string) {
 		fmt.Fprintln(os.Stderr, "child open:", err)
 		os.Exit(2)
 	}
-	seal := func(s string) consent.Sealed {
-		v, err := k.Seal(s)
+	// Each record's values are sealed for that record: the outbox opens
+	// them to build its event, and a value copied from another record
+	// would not open there.
+	seal := func(callSID, field, s string) consent.Sealed {
+		v, err := k.SealFor(consent.RecordBinding(callSID, "hipaa-consent", field), s)
 		if err != nil {
 			panic(err)
 		}
 		return v
 	}
 	proto := storetest.NewRecord("CAprototype0000", "hipaa-consent")
-	proto.From, proto.To, proto.Transcript = seal("+14155550100"), seal("+18005550199"), seal("yes I agree")
 	var (
 		mu  sync.Mutex
 		seq atomic.Int64
@@ -188,6 +190,9 @@ func recordForever(dir string) {
 				rec := proto
 				rec.ID = ""
 				rec.CallSID = fmt.Sprintf("CAkill%d_%d", os.Getpid(), seq.Add(1))
+				rec.From = seal(rec.CallSID, consent.FieldFrom, "+14155550100")
+				rec.To = seal(rec.CallSID, consent.FieldTo, "+18005550199")
+				rec.Transcript = seal(rec.CallSID, consent.FieldTranscript, "yes I agree")
 				stored, _, err := st.Record(ctx, rec)
 				if err != nil {
 					fmt.Fprintln(os.Stderr, "child record:", err)

@@ -37,7 +37,9 @@ func open(t testing.TB, dir string, opts Options) *Store {
 }
 
 func TestStore(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) consent.Store { return open(t, t.TempDir(), Options{}) })
+	fresh := func(t *testing.T) consent.Store { return open(t, t.TempDir(), Options{}) }
+	storetest.Run(t, fresh)
+	t.Run("Resealer", func(t *testing.T) { storetest.RunResealer(t, fresh) })
 }
 
 func TestReopenKeepsRecords(t *testing.T) {

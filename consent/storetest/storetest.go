@@ -24,7 +24,8 @@ import (
 // Run runs the suite. open must return an empty, migrated store and arrange
 // for it to be closed with t.Cleanup. Each subtest opens its own store, and
 // uses call SIDs and secret names unique to it, so open may also hand out a
-// shared store.
+// shared store. Stores also run RunResealer, the key-rotation suite, which
+// does need an empty store per subtest.
 func Run(t *testing.T, open func(t *testing.T) consent.Store) {
 	t.Run("RoundTrip", func(t *testing.T) { testRoundTrip(t, open(t)) })
 	t.Run("AssignsID", func(t *testing.T) { testAssignsID(t, open(t)) })

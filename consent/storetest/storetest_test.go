@@ -159,11 +159,87 @@ func (m *memStore) Secret(ctx context.Context, name string, generate func() (con
 	return v, nil
 }
 
+// SealedRows and Reseal make memStore a consent.Resealer, keyed like the
+// real stores: records by id, started calls by SID, secrets by name.
+func (m *memStore) SealedRows(ctx context.Context, table, after string, limit int) ([]consent.SealedRow, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []consent.SealedRow
+	switch table {
+	case consent.TableConsentRecords:
+		for _, r := range m.recs {
+			out = append(out, consent.SealedRow{Key: r.ID, Place: consent.RecordBinding(r.CallSID, r.Script.ID, ""),
+				Values: map[string]consent.Sealed{consent.FieldFrom: r.From, consent.FieldTo: r.To, consent.FieldTranscript: r.Transcript}})
+		}
+	case consent.TableStartedCalls:
+		for _, c := range m.started {
+			out = append(out, consent.SealedRow{Key: c.CallSID, Place: consent.StartedCallBinding(c.CallSID, ""),
+				Values: map[string]consent.Sealed{consent.FieldFrom: c.From, consent.FieldTo: c.To}})
+		}
+	case consent.TableSecrets:
+		for name, v := range m.secrets {
+			place := consent.SecretBinding(name)
+			place.Field = ""
+			out = append(out, consent.SealedRow{Key: name, Place: place, Values: map[string]consent.Sealed{consent.FieldSecretValue: v}})
+		}
+	default:
+		return nil, fmt.Errorf("unknown table %q", table)
+	}
+	out = slices.DeleteFunc(out, func(r consent.SealedRow) bool { return r.Key <= after })
+	slices.SortFunc(out, func(a, b consent.SealedRow) int { return strings.Compare(a.Key, b.Key) })
+	return out[:min(limit, len(out))], nil
+}
+
+func (m *memStore) Reseal(ctx context.Context, table string, updates []consent.SealedUpdate) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := consent.CheckReseal(table, updates); err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	cas := func(dst *consent.Sealed, u consent.SealedUpdate) {
+		if *dst == u.Old {
+			*dst = u.New
+			n++
+		}
+	}
+	for _, u := range updates {
+		switch table {
+		case consent.TableConsentRecords:
+			for k, r := range m.recs {
+				if r.ID != u.Key {
+					continue
+				}
+				cas(map[string]*consent.Sealed{consent.FieldFrom: &r.From, consent.FieldTo: &r.To, consent.FieldTranscript: &r.Transcript}[u.Field], u)
+				m.recs[k] = r
+			}
+		case consent.TableStartedCalls:
+			if c, ok := m.started[u.Key]; ok {
+				cas(map[string]*consent.Sealed{consent.FieldFrom: &c.From, consent.FieldTo: &c.To}[u.Field], u)
+				m.started[u.Key] = c
+			}
+		case consent.TableSecrets:
+			if v, ok := m.secrets[u.Key]; ok {
+				cas(&v, u)
+				m.secrets[u.Key] = v
+			}
+		}
+	}
+	return n, nil
+}
+
 func (m *memStore) Ping(ctx context.Context) error { return ctx.Err() }
 func (m *memStore) Close() error                   { return nil }
 
 func TestSuiteAgainstMemStore(t *testing.T) {
 	Run(t, func(t *testing.T) consent.Store { return newMemStore() })
+	t.Run("Resealer", func(t *testing.T) { RunResealer(t, func(t *testing.T) consent.Store { return newMemStore() }) })
 }
 
 func TestSealedHasJWEShape(t *testing.T) {

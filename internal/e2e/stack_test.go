@@ -168,8 +168,8 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	pseudonyms := cfg.Pseudonymizer
 	st.svc = consent.NewService(consent.Config{
 		Store: st.store, Locker: memlock.New(), Threshold: consent.DefaultThreshold,
-		Seal: st.keys.Seal,
-		Open: st.keys.Open, PatientRef: pseudonyms.Ref,
+		Seal: st.keys.SealFor,
+		Open: st.keys.OpenFor, PatientRef: pseudonyms.Ref,
 	})
 	rel := st.relay
 	st.srv = httptest.NewServer(ivr.New(ivr.Config{

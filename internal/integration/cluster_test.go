@@ -278,8 +278,8 @@ func newApp(ctx context.Context, store consent.Store, locker consent.Locker, rea
 		Store:      store,
 		Locker:     locker,
 		Threshold:  consent.DefaultThreshold,
-		Seal:       keys.Seal,
-		Open:       keys.Open,
+		Seal:       keys.SealFor,
+		Open:       keys.OpenFor,
 		PatientRef: pseudonyms.Ref,
 	})
 	// The relay for call.completed, on whichever database the store is.

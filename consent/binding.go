@@ -7,7 +7,7 @@ import (
 )
 
 // Binding names the one place a sealed value belongs: its table (or, for
-// relay events, its purpose), its row and its field. consent/pii writes it
+// relay events, its purpose), its row and its field. internal/pii writes it
 // into the value's JWE protected header, which AES-GCM authenticates, and
 // refuses to open the value for any other place. So someone with write
 // access to the database but not the key cannot swap a record's from and to,

@@ -9,8 +9,8 @@ import (
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/memlock"
-	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/consent/sqlitestore"
+	"github.com/consentline/consentline/internal/pii"
 )
 
 // The service seals each value for its place, and the sweep (Unsettled)

@@ -17,7 +17,7 @@ import (
 const DefaultThreshold = 0.75
 
 // Config wires a Service. Seal and PatientRef are functions rather than an
-// interface because there is one implementation (consent/pii) and this
+// interface because there is one implementation (internal/pii) and this
 // package must not import it.
 type Config struct {
 	Store  Store

@@ -13,8 +13,8 @@ import (
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/memlock"
-	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/consent/sqlitestore"
+	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
 	"github.com/consentline/consentline/twiml"

@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/internal/pii"
 )
 
 // Signed checkpoints.

@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/consent/sqlitestore"
+	"github.com/consentline/consentline/internal/pii"
 )
 
 // testSigner is a fixed key (the seed 0x01 0x02 ... 0x20).

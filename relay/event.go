@@ -8,7 +8,7 @@
 // consent record (a transactional outbox), so either all three exist or none.
 //
 // PHI never appears in clear in an event, a log line or an error: from, to and
-// transcript travel as JWE values made by consent/pii, and errors carry at
+// transcript travel as JWE values made by internal/pii, and errors carry at
 // most an HTTP status line.
 package relay
 
@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/internal/pii"
 )
 
 // Event types (CONTRACT.md §3).

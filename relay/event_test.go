@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/pii"
-	"github.com/consentline/consentline/consent/pii/piitest"
+	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/pii/piitest"
 )
 
 func TestConsentEventJSON(t *testing.T) {

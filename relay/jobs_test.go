@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/consentline/consentline/consent/pii"
-	"github.com/consentline/consentline/consent/pii/piitest"
+	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/pii/piitest"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 )

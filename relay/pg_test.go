@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/consentline/consentline/consent/pgstore"
-	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/testdb"
 )
 

@@ -16,8 +16,8 @@ import (
 	"github.com/riverqueue/river/riverdriver/riversqlite"
 
 	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/internal/groupcommit"
+	"github.com/consentline/consentline/internal/pii"
 )
 
 // Outbox writes relay events inside the caller's transaction: the audit

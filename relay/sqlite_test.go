@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/consent/sqlitestore"
+	"github.com/consentline/consentline/internal/pii"
 )
 
 // env is a store, its relay and a catch hook, wired as `serve` wires them.

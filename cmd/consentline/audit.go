@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/relay"
 )
 

@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/internal/pii"
 )
 
 const keysUsage = "usage: consentline keys rotate [--batch N] | keys status"

@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/pii"
-	"github.com/consentline/consentline/consent/pii/piitest"
+	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/pii/piitest"
 )
 
 // keys rotate re-seals the database under the new ENCRYPTION_KEY, after

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/relay"
 	"github.com/consentline/consentline/twiml"
 )

@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/consent/storetest"
+	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/relay"
 )
 

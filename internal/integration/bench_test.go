@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/consentline/consentline/consent/memlock"
-	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/consent/sqlitestore"
+	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
 	"github.com/consentline/consentline/relay"

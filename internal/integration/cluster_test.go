@@ -22,10 +22,10 @@ import (
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/pgstore"
-	"github.com/consentline/consentline/consent/pii"
 	"github.com/consentline/consentline/consent/redislock"
 	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/internal/faultproxy"
+	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/testdb"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"

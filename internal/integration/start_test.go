@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/consentline/consentline/consent/pgstore"
-	"github.com/consentline/consentline/consent/pii"
+	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/testdb"
 	"github.com/consentline/consentline/relay"
 )

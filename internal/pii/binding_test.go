@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/pii"
-	"github.com/consentline/consentline/consent/pii/piitest"
+	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/pii/piitest"
 )
 
 const (

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -356,112 +355,16 @@ func BenchmarkRecord(b *testing.B) {
 	})
 }
 
-// TestGroupCommit: Records arriving while a transaction is in flight are
-// committed together in the next one, the hook sees them in (call SID,
-// script id) order, a duplicate inside a batch gets the first one back, and
-// a record the hook refuses fails alone while the rest of its batch commits.
+// TestGroupCommit runs storetest.GroupCommit on PostgreSQL.
 func TestGroupCommit(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	url := testdb.Postgres(t)
-	var (
-		mu      sync.Mutex
-		batches [][]consent.Record
-	)
-	hold := make(chan struct{})
-	var held atomic.Bool
-	poison := storetest.CallSID()
-	// One batch at a time, so that holding the first one queues the rest.
-	s := open(t, url, Options{Migrate: true, ConcurrentBatches: 1, AfterInsert: func(ctx context.Context, tx pgx.Tx, recs []consent.Record) error {
-		mu.Lock()
-		batches = append(batches, recs)
-		mu.Unlock()
-		if held.CompareAndSwap(false, true) {
-			<-hold // the first transaction stays open while the others queue
-		}
-		for _, r := range recs {
-			if r.CallSID == poison {
-				return errors.New("hook refuses this one")
-			}
-		}
-		return nil
-	}})
-
-	first := make(chan error, 1)
-	go func() {
-		_, _, err := s.Record(ctx, storetest.NewRecord(storetest.CallSID(), "hipaa-consent"))
-		first <- err
-	}()
-	for !held.Load() {
-		time.Sleep(time.Millisecond)
-	}
-	const n = 30
-	recs := make([]consent.Record, n)
-	for i := range recs {
-		recs[i] = storetest.NewRecord(storetest.CallSID(), "hipaa-consent")
-	}
-	recs[7].CallSID = poison
-	dup := storetest.NewRecord(recs[3].CallSID, recs[3].Script.ID) // same call and script as 3, queued after it
-	type result struct {
-		rec     consent.Record
-		created bool
-		err     error
-	}
-	results := make([]result, n+1)
-	var wg sync.WaitGroup
-	for i := range n + 1 {
-		rec := dup
-		if i < n {
-			rec = recs[i]
-		}
-		wg.Go(func() {
-			if i == n {
-				time.Sleep(100 * time.Millisecond) // after recs[3] in the queue
-			}
-			var r result
-			r.rec, r.created, r.err = s.Record(ctx, rec)
-			results[i] = r
-		})
-	}
-	time.Sleep(300 * time.Millisecond) // all queued behind the held transaction
-	close(hold)
-	wg.Wait()
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
-	for i, r := range results[:n] {
-		switch {
-		case i == 7:
-			if r.err == nil {
-				t.Errorf("poison record stored")
-			}
-		case r.err != nil || !r.created || r.rec.ID != recs[i].ID:
-			t.Errorf("record %d: created=%v err=%v (the poison record sank it?)", i, r.created, r.err)
-		}
-	}
-	if d := results[n]; d.err != nil || d.created || d.rec.ID != recs[3].ID {
-		t.Errorf("duplicate in the batch: created=%v id=%s err=%v, want record 3 (%s) back", d.created, d.rec.ID, d.err, recs[3].ID)
-	}
-	if _, err := s.Get(ctx, poison, "hipaa-consent"); !errors.Is(err, consent.ErrNotFound) {
-		t.Errorf("poison record readable: %v", err)
-	}
-	if got := count(t, s, `SELECT count(*) FROM consent_records`); got != n {
-		t.Errorf("%d records stored, want %d (the held one and %d of %d)", got, n, n-1, n)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	// batches: the held one, the whole queue (failed on the poison record),
-	// then each of its records alone.
-	if len(batches) < 2 || len(batches[1]) != n {
-		sizes := []int{}
-		for _, b := range batches {
-			sizes = append(sizes, len(b))
-		}
-		t.Fatalf("hook batch sizes %v, want the %d queued records together second", sizes, n)
-	}
-	if !slices.IsSortedFunc(batches[1], func(a, b consent.Record) int { return strings.Compare(a.CallSID, b.CallSID) }) {
-		t.Errorf("hook got the batch out of call SID order")
-	}
+	var s *Store
+	storetest.GroupCommit(t, func(t *testing.T, hook func([]consent.Record) error) consent.Store {
+		// One batch at a time, so that holding the first one queues the rest.
+		s = open(t, testdb.Postgres(t), Options{Migrate: true, ConcurrentBatches: 1,
+			AfterInsert: func(_ context.Context, _ pgx.Tx, recs []consent.Record) error { return hook(recs) }})
+		return s
+	}, func() int { return count(t, s, `SELECT count(*) FROM consent_records`) })
 }
 
 // TestStatementsPreparedOnce: pgx's default exec mode caches prepared

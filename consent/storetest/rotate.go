@@ -44,24 +44,6 @@ func RunResealer(t *testing.T, open func(t *testing.T) consent.Store) {
 	}
 }
 
-func ring(t *testing.T, active, retired string) *pii.Keyring {
-	t.Helper()
-	k, err := pii.ParseKeyring(active, retired)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func sealFor(t *testing.T, k *pii.Keyring, b consent.Binding, plain string) consent.Sealed {
-	t.Helper()
-	s, err := k.SealFor(b, plain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // phi is a plaintext per call and field, so a test can tell every value
 // apart.
 func phi(callSID, field string) string { return field + ":" + callSID[len(callSID)-6:] }
@@ -81,7 +63,7 @@ const refNumber = "+14155550100"
 func storeFixture(t *testing.T, s consent.Store, n int) fixture {
 	t.Helper()
 	ctx := ctxT(t)
-	old := ring(t, oldKey, "")
+	old := piitest.Ring(t, oldKey, "")
 	var f fixture
 	for i := range n {
 		rec := NewRecord(CallSID(), "hipaa-consent")
@@ -96,7 +78,7 @@ func storeFixture(t *testing.T, s consent.Store, n int) fixture {
 			case i%3 == 0: // sealed before values were bound
 				*v.dst = piitest.LegacySeal(t, oldKey, phi(rec.CallSID, v.field))
 			default:
-				*v.dst = sealFor(t, old, consent.RecordBinding(rec.CallSID, rec.Script.ID, v.field), phi(rec.CallSID, v.field))
+				*v.dst = piitest.Seal(t, old, consent.RecordBinding(rec.CallSID, rec.Script.ID, v.field), phi(rec.CallSID, v.field))
 			}
 			f.values++
 		}
@@ -105,7 +87,7 @@ func storeFixture(t *testing.T, s consent.Store, n int) fixture {
 
 		sid := CallSID()
 		c := consent.StartedCall{CallSID: sid, Script: rec.Script, StartedAt: time.Now(),
-			From: sealFor(t, old, consent.StartedCallBinding(sid, consent.FieldFrom), phi(sid, consent.FieldFrom)),
+			From: piitest.Seal(t, old, consent.StartedCallBinding(sid, consent.FieldFrom), phi(sid, consent.FieldFrom)),
 			To:   piitest.LegacySeal(t, oldKey, phi(sid, consent.FieldTo))}
 		if err := s.CallStarted(ctx, c); err != nil {
 			t.Fatal(err)
@@ -181,7 +163,7 @@ func (f fixture) openAll(t *testing.T, s consent.Store, k *pii.Keyring) {
 func testRotate(t *testing.T, s consent.Store, r consent.Resealer) {
 	ctx := ctxT(t)
 	f := storeFixture(t, s, 7)
-	rotating := ring(t, newKey, oldKey)
+	rotating := piitest.Ring(t, newKey, oldKey)
 
 	before, err := pii.TakeCensus(ctx, r, rotating, 0)
 	if err != nil {
@@ -221,7 +203,7 @@ func testRotate(t *testing.T, s consent.Store, r consent.Resealer) {
 		t.Fatalf("census after: %+v, want all %d under %s and bound", after, f.values, rotating.KID())
 	}
 	// The retired key can go.
-	f.openAll(t, s, ring(t, newKey, ""))
+	f.openAll(t, s, piitest.Ring(t, newKey, ""))
 }
 
 // testRotateMoved: a value moved to another field (here: a record's from
@@ -238,7 +220,7 @@ func testRotateMoved(t *testing.T, s consent.Store, r consent.Resealer) {
 	}); err != nil || n != 2 {
 		t.Fatalf("swapping from and to: %d, %v", n, err)
 	}
-	rep, err := pii.Rotate(ctx, r, ring(t, newKey, oldKey), pii.RotateOptions{})
+	rep, err := pii.Rotate(ctx, r, piitest.Ring(t, newKey, oldKey), pii.RotateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,32 +17,14 @@ const (
 	sidB = "CAfedcba9876543210fedcba9876543210"
 )
 
-func ring(t *testing.T, active, retired string) *pii.Keyring {
-	t.Helper()
-	k, err := pii.ParseKeyring(active, retired)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func seal(t *testing.T, k *pii.Keyring, b consent.Binding, plain string) consent.Sealed {
-	t.Helper()
-	s, err := k.SealFor(b, plain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // A value opens only for the place it was sealed for: swapped with its
 // record's other field, moved to another record (another call, or another
 // script of the same call), or into another table, it fails with a
 // *PlaceError naming both places and the kid, never the value.
 func TestValueOpensOnlyWhereItBelongs(t *testing.T) {
-	k := ring(t, keyA, "")
+	k := piitest.Ring(t, keyA, "")
 	from := consent.RecordBinding(sidA, "hipaa-consent", consent.FieldFrom)
-	s := seal(t, k, from, "+14158675309")
+	s := piitest.Seal(t, k, from, "+14158675309")
 	if pt, err := k.OpenFor(from, s); err != nil || pt != "+14158675309" {
 		t.Fatalf("OpenFor its own place: %q, %v", pt, err)
 	}
@@ -71,7 +53,7 @@ func TestValueOpensOnlyWhereItBelongs(t *testing.T) {
 	}
 	// The started call's own binding has no script: a record's value is
 	// not one of its, and the other way round.
-	sc := seal(t, k, consent.StartedCallBinding(sidA, consent.FieldFrom), "+14158675309")
+	sc := piitest.Seal(t, k, consent.StartedCallBinding(sidA, consent.FieldFrom), "+14158675309")
 	if _, err := k.OpenFor(from, sc); !errors.Is(err, pii.ErrWrongPlace) {
 		t.Errorf("started call's from opened as the record's: %v", err)
 	}
@@ -80,7 +62,7 @@ func TestValueOpensOnlyWhereItBelongs(t *testing.T) {
 // Values sealed before bindings existed (no binding header) open from any
 // place, under the active or a retired key: they are rotated, not refused.
 func TestLegacyValuesOpen(t *testing.T) {
-	k := ring(t, keyB, keyA)
+	k := piitest.Ring(t, keyB, keyA)
 	for _, hexKey := range []string{keyA, keyB} {
 		legacy := piitest.LegacySeal(t, hexKey, "yes I agree")
 		h, err := pii.ReadHeader(legacy)
@@ -103,9 +85,9 @@ func TestLegacyValuesOpen(t *testing.T) {
 
 // OpenAny opens a lone value by its own header and says where it belongs.
 func TestOpenAnyReportsBinding(t *testing.T) {
-	k := ring(t, keyA, "")
+	k := piitest.Ring(t, keyA, "")
 	b := consent.SecretBinding("audit_signing_key")
-	pt, got, err := k.OpenAny(seal(t, k, b, "c2VlZA=="))
+	pt, got, err := k.OpenAny(piitest.Seal(t, k, b, "c2VlZA=="))
 	if err != nil || pt != "c2VlZA==" || got != b {
 		t.Fatalf("OpenAny = %q, %v, %v", pt, got, err)
 	}
@@ -116,7 +98,7 @@ func TestOpenAnyReportsBinding(t *testing.T) {
 
 // Sealing demands a place: no table or no field is refused.
 func TestSealForNeedsAPlace(t *testing.T) {
-	k := ring(t, keyA, "")
+	k := piitest.Ring(t, keyA, "")
 	for _, b := range []consent.Binding{{}, {Table: "consent_records"}, {Field: "from"}} {
 		if _, err := k.SealFor(b, "+14158675309"); err == nil {
 			t.Errorf("SealFor(%+v) sealed", b)

@@ -1,0 +1,142 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/consentline/consentline/ivr"
+	"github.com/consentline/consentline/ivr/twiliosim"
+)
+
+// BenchmarkOverload asks whether an instance collapses under a burst well
+// past its capacity. One instance on PostgreSQL and Redis, as serve runs
+// it; each decision is a signed Gather callback for a new call, served
+// in-process.
+//
+//  1. steady: 32 closed-loop callers for 3 s give the steady rate R of
+//     decisions recorded per second;
+//  2. overload: new calls arrive open-loop at 10×R for 10 s, whether or not
+//     earlier ones were answered (as independent callers do); every answer
+//     that is a read-back counts as recorded;
+//  3. recovery: each call answered with a hold is answered again, as
+//     Twilio's follow-up does, until every call has its record.
+//
+// Reported: steady-dps (R), overload-dps (recorded per second while 10×R
+// arrived), kept-% (overload-dps as a share of R: no collapse keeps it near
+// 100), held-% of the overload's answers, and recovery-s.
+//
+//	go test ./internal/integration -run '^$' -bench Overload -benchtime 1x
+func BenchmarkOverload(b *testing.B) {
+	for range b.N {
+		c := newCluster(b, clusterOptions{instances: 1})
+		handler := c.instances[0].srv.Config.Handler
+		run := benchRun.Add(1)
+		var seq atomic.Int64
+		newSID := func() string { return fmt.Sprintf("CA%08d%024d", run, seq.Add(1)) }
+		twilio := &twiliosim.Twilio{PublicBaseURL: publicBase, AuthToken: authToken, AccountSID: accountSID}
+		action := publicBase + ivr.PathGather + "?attempt=0&lang=en-US&t0=1800000000000"
+		decide := func(sid string) bool {
+			call := &twiliosim.Call{Twilio: twilio, SID: sid, From: "+14155550123", To: "+18005550199"}
+			p := call.Params(url.Values{"Digits": {"1"}})
+			req := httptest.NewRequest(http.MethodPost, strings.TrimPrefix(action, publicBase), strings.NewReader(p.Encode()))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("X-Twilio-Signature", twiliosim.Sign(authToken, action, p))
+			w := httptest.NewRecorder()
+			handler.ServeHTTP(w, req)
+			if w.Code != http.StatusOK {
+				b.Errorf("status %d: %s", w.Code, w.Body.String())
+				return false
+			}
+			return strings.Contains(w.Body.String(), "<Hangup") // else a hold
+		}
+
+		// 1. Steady state.
+		var steady atomic.Int64
+		stop := time.Now().Add(3 * time.Second)
+		var wg sync.WaitGroup
+		for range 32 {
+			wg.Go(func() {
+				for time.Now().Before(stop) {
+					if decide(newSID()) {
+						steady.Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		rate := float64(steady.Load()) / 3
+
+		// 2. Overload: 10× that, open loop, for 10 s.
+		const overloadFor = 10 * time.Second
+		var recorded, held atomic.Int64
+		var mu sync.Mutex
+		var pending []string
+		interval := time.Duration(float64(time.Second) / (10 * rate))
+		start := time.Now()
+		for due := start; due.Before(start.Add(overloadFor)); due = due.Add(interval) {
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
+			wg.Go(func() {
+				sid := newSID()
+				if decide(sid) {
+					recorded.Add(1)
+					return
+				}
+				held.Add(1)
+				mu.Lock()
+				pending = append(pending, sid)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		overload := float64(recorded.Load()) / time.Since(start).Seconds()
+
+		// 3. Recovery: the held calls answer again until recorded, 32 at
+		// a time (Twilio's follow-ups come a hold line and a pause apart,
+		// not all at once).
+		recoverStart := time.Now()
+		queue := make(chan string, len(pending))
+		for _, sid := range pending {
+			queue <- sid
+		}
+		close(queue)
+		var unrecorded atomic.Int64
+		for range 32 {
+			wg.Go(func() {
+				for sid := range queue {
+					for !decide(sid) {
+						if time.Since(recoverStart) > 2*time.Minute {
+							unrecorded.Add(1)
+							break
+						}
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if n := unrecorded.Load(); n > 0 {
+			b.Errorf("%d held calls still unrecorded two minutes after the overload", n)
+		}
+		var total int
+		if err := c.admin.QueryRow(context.Background(), `SELECT count(*) FROM consent_records`).Scan(&total); err != nil {
+			b.Fatal(err)
+		}
+		if want := int(seq.Load()); total != want {
+			b.Errorf("%d records for %d calls", total, want)
+		}
+		b.ReportMetric(rate, "steady-dps")
+		b.ReportMetric(overload, "overload-dps")
+		b.ReportMetric(100*overload/rate, "kept-%")
+		b.ReportMetric(100*float64(held.Load())/float64(held.Load()+recorded.Load()), "held-%")
+		b.ReportMetric(time.Since(recoverStart).Seconds(), "recovery-s")
+	}
+}

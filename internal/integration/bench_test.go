@@ -54,13 +54,7 @@ func BenchmarkDecisionsPostgresRedis(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			c := newCluster(b, bc.opts)
-			benchDecisions(b, c.instances[0].srv.Config.Handler, func() int {
-				var n int
-				if err := c.admin.QueryRow(context.Background(), `SELECT count(*) FROM consent_records`).Scan(&n); err != nil {
-					b.Fatal(err)
-				}
-				return n
-			})
+			benchDecisions(b, c.instances[0].srv.Config.Handler, c.recordCount)
 		})
 	}
 }
@@ -75,40 +69,63 @@ func BenchmarkDecisionsEmbedded(b *testing.B) {
 			name = "no-outbox"
 		}
 		b.Run(name, func(b *testing.B) {
-			ctx := context.Background()
-			keys, err := pii.NewKeyring(testKey)
-			if err != nil {
-				b.Fatal(err)
-			}
-			opts := sqlitestore.Options{Migrate: true}
-			if outbox {
-				ob, err := relay.NewOutbox(keys, false)
-				if err != nil {
-					b.Fatal(err)
-				}
-				opts.AfterInsert = ob.SQLiteAfterInsert
-			}
-			store, err := sqlitestore.Open(ctx, b.TempDir(), opts)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { store.Close() })
-			if err := relay.MigrateSQLite(ctx, store.DB()); err != nil {
-				b.Fatal(err)
-			}
-			cfg, err := newApp(ctx, store, memlock.New(), store.Ping, keys, twiml.Builtin(), slog.New(slog.NewJSONHandler(io.Discard, nil)))
-			if err != nil {
-				b.Fatal(err)
-			}
-			benchDecisions(b, ivr.New(cfg), func() int {
-				var n int
-				if err := store.DB().QueryRow(`SELECT count(*) FROM consent_records`).Scan(&n); err != nil {
-					b.Fatal(err)
-				}
-				return n
-			})
+			cfg, store := embeddedApp(b, outbox, false)
+			benchDecisions(b, ivr.New(cfg), store.countRecords)
 		})
 	}
+}
+
+// embeddedStore is the single-instance default's store, for benchmarks.
+type embeddedStore struct {
+	*sqlitestore.Store
+	b *testing.B
+}
+
+func (s embeddedStore) countRecords() int {
+	var n int
+	if err := s.DB().QueryRow(`SELECT count(*) FROM consent_records`).Scan(&n); err != nil {
+		s.b.Fatal(err)
+	}
+	return n
+}
+
+// embeddedApp is serve's wiring on the embedded default: SQLite in a
+// temporary directory and the in-process lock; with outbox, each record's
+// relay event (and, with deliver, its delivery job) in its transaction.
+func embeddedApp(b *testing.B, outbox, deliver bool) (ivr.Config, embeddedStore) {
+	ctx := context.Background()
+	keys, err := pii.NewKeyring(testKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts := sqlitestore.Options{Migrate: true}
+	if outbox {
+		ob, err := relay.NewOutbox(keys, deliver)
+		if err != nil {
+			b.Fatal(err)
+		}
+		opts.AfterInsert = ob.SQLiteAfterInsert
+	}
+	store, err := sqlitestore.Open(ctx, b.TempDir(), opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { store.Close() })
+	if err := relay.MigrateSQLite(ctx, store.DB()); err != nil {
+		b.Fatal(err)
+	}
+	cfg, err := newApp(ctx, store, memlock.New(), store.Ping, keys, twiml.Builtin(), slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if deliver {
+		rel, err := benchRelay(ctx, store, keys, true, func(c relay.Config) (*relay.Relay, error) { return relay.NewSQLite(store.DB(), c) })
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.CallCompleted = callCompleted(rel)
+	}
+	return cfg, embeddedStore{store, b}
 }
 
 // BenchmarkStatusCallbacks measures signed status callbacks per second:
@@ -121,48 +138,11 @@ func BenchmarkDecisionsEmbedded(b *testing.B) {
 func BenchmarkStatusCallbacks(b *testing.B) {
 	b.Run("postgres+redis", func(b *testing.B) {
 		c := newCluster(b, clusterOptions{instances: 1, deliver: true, callCompleted: true})
-		benchStatus(b, c.instances[0].srv.Config.Handler, func() int {
-			var n int
-			if err := c.admin.QueryRow(context.Background(), `SELECT count(*) FROM consent_records`).Scan(&n); err != nil {
-				b.Fatal(err)
-			}
-			return n
-		})
+		benchStatus(b, c.instances[0].srv.Config.Handler, c.recordCount)
 	})
 	b.Run("embedded", func(b *testing.B) {
-		ctx := context.Background()
-		keys, err := pii.NewKeyring(testKey)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ob, err := relay.NewOutbox(keys, true)
-		if err != nil {
-			b.Fatal(err)
-		}
-		store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: ob.SQLiteAfterInsert})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { store.Close() })
-		if err := relay.MigrateSQLite(ctx, store.DB()); err != nil {
-			b.Fatal(err)
-		}
-		cfg, err := newApp(ctx, store, memlock.New(), store.Ping, keys, twiml.Builtin(), slog.New(slog.NewJSONHandler(io.Discard, nil)))
-		if err != nil {
-			b.Fatal(err)
-		}
-		rel, err := benchRelay(ctx, store, keys, true, func(c relay.Config) (*relay.Relay, error) { return relay.NewSQLite(store.DB(), c) })
-		if err != nil {
-			b.Fatal(err)
-		}
-		cfg.CallCompleted = callCompleted(rel)
-		benchStatus(b, ivr.New(cfg), func() int {
-			var n int
-			if err := store.DB().QueryRow(`SELECT count(*) FROM consent_records`).Scan(&n); err != nil {
-				b.Fatal(err)
-			}
-			return n
-		})
+		cfg, store := embeddedApp(b, true, true)
+		benchStatus(b, ivr.New(cfg), store.countRecords)
 	})
 }
 

@@ -531,6 +531,16 @@ func (c *cluster) records(sid string) int {
 	return n
 }
 
+// recordCount counts every row in consent_records.
+func (c *cluster) recordCount() int {
+	c.t.Helper()
+	var n int
+	if err := c.admin.QueryRow(context.Background(), `SELECT count(*) FROM consent_records`).Scan(&n); err != nil {
+		c.t.Fatalf("count records: %v", err)
+	}
+	return n
+}
+
 // stored returns a call's one record's decision.
 func (c *cluster) stored(sid string) consent.Decision {
 	c.t.Helper()

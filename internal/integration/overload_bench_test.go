@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -83,14 +82,7 @@ func BenchmarkOverload(b *testing.B) {
 		var mu sync.Mutex
 		var pending []string
 		interval := time.Duration(float64(time.Second) / (10 * rate))
-		countRecords := func() int {
-			var n int
-			if err := c.admin.QueryRow(context.Background(), `SELECT count(*) FROM consent_records`).Scan(&n); err != nil {
-				b.Fatal(err)
-			}
-			return n
-		}
-		before := countRecords()
+		before := c.recordCount()
 		start := time.Now()
 		for due := start; due.Before(start.Add(overloadFor)); due = due.Add(interval) {
 			if d := time.Until(due); d > 0 {
@@ -111,7 +103,7 @@ func BenchmarkOverload(b *testing.B) {
 		wg.Wait()
 		took := time.Since(start).Seconds()
 		overload := float64(recorded.Load()) / took
-		stored := float64(countRecords()-before) / took
+		stored := float64(c.recordCount()-before) / took
 
 		// 3. Recovery: the held calls answer again until recorded, 32 at
 		// a time (Twilio's follow-ups come a hold line and a pause apart,
@@ -139,10 +131,7 @@ func BenchmarkOverload(b *testing.B) {
 		if n := unrecorded.Load(); n > 0 {
 			b.Errorf("%d held calls still unrecorded two minutes after the overload", n)
 		}
-		var total int
-		if err := c.admin.QueryRow(context.Background(), `SELECT count(*) FROM consent_records`).Scan(&total); err != nil {
-			b.Fatal(err)
-		}
+		total := c.recordCount()
 		if want := int(seq.Load()); total != want {
 			b.Errorf("%d records for %d calls", total, want)
 		}

@@ -131,7 +131,7 @@ type SealedUpdate struct {
 // in the order it rewrites them. relay_audit is not among them: it is
 // append-only and hash-chained, so its events keep the keys they were
 // sealed under.
-var SealedTables = []string{TableConsentRecords, TableStartedCalls, TableSecrets}
+var SealedTables = []string{TableConsentRecords, TableStartedCalls, TableSecrets, TableStreamMeasurements}
 
 // Resealer is what key rotation needs from a store; both stores implement
 // it (checked by consent/storetest).
@@ -199,6 +199,9 @@ var sealedLayouts = map[string]SealedLayout{
 	TableStartedCalls: {Key: "call_sid",
 		Fields:  []string{FieldFrom, FieldTo},
 		Columns: map[string]string{FieldFrom: "from_sealed", FieldTo: "to_sealed"}},
+	TableStreamMeasurements: {Key: "id", Place: []string{"call_sid", "script_id"},
+		Fields:  []string{FieldAnswerAudio},
+		Columns: map[string]string{FieldAnswerAudio: "answer_audio_sealed"}},
 	TableSecrets: {Key: "name",
 		Fields:  []string{FieldSecretValue},
 		Columns: map[string]string{FieldSecretValue: "value"}},
@@ -229,6 +232,9 @@ func (l SealedLayout) Row(table string, vals []string) SealedRow {
 		r.Place = RecordBinding(vals[1], vals[2], "")
 	case TableStartedCalls:
 		r.Place = StartedCallBinding(vals[0], "")
+	case TableStreamMeasurements:
+		r.Place = StreamBinding(vals[1], vals[2])
+		r.Place.Field = ""
 	case TableSecrets:
 		r.Place = SecretBinding(vals[0])
 		r.Place.Field = ""

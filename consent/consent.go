@@ -184,6 +184,18 @@ type Store interface {
 	// Unsettled returns up to limit calls started before startedBefore
 	// that have no consent record, oldest first.
 	Unsettled(ctx context.Context, startedBefore time.Time, limit int) ([]StartedCall, error)
+	// SaveStreamMeasurement stores m under (m.CallSID, m.ScriptID),
+	// replacing an earlier measurement's stream fields but keeping its
+	// MustHearEndedAt.
+	SaveStreamMeasurement(ctx context.Context, m StreamMeasurement) error
+	// MustHearEnded stores when the must-hear part of scriptID's disclosure
+	// ended on callSID, whether or not the stream has saved anything yet.
+	MustHearEnded(ctx context.Context, callSID, scriptID string, at time.Time) error
+	// StreamMeasurement returns the measurement of (callSID, scriptID) or
+	// ErrNotFound.
+	StreamMeasurement(ctx context.Context, callSID, scriptID string) (StreamMeasurement, error)
+	// StreamMeasurements returns every measurement of callSID, by script.
+	StreamMeasurements(ctx context.Context, callSID string) ([]StreamMeasurement, error)
 	// Ping reports whether the store is reachable (for /readyz).
 	Ping(ctx context.Context) error
 	Close() error

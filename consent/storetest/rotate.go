@@ -94,6 +94,15 @@ func storeFixture(t *testing.T, s consent.Store, n int) fixture {
 		}
 		f.started = append(f.started, sid)
 		f.values += 2
+
+		// The caller's answer audio kept by the media stream.
+		m := consent.StreamMeasurement{CallSID: rec.CallSID, ScriptID: rec.Script.ID, StartedAt: time.Now(),
+			PromptOnsetMS: 300, PromptEndMS: -1, AnswerOnsetMS: 4200, AnswerEndMS: 5100,
+			AnswerAudio: piitest.Seal(t, old, consent.StreamBinding(rec.CallSID, rec.Script.ID), phi(rec.CallSID, consent.FieldAnswerAudio))}
+		if err := s.SaveStreamMeasurement(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		f.values++
 	}
 	p, err := pii.LoadPseudonymizer(ctx, s, old)
 	if err != nil {
@@ -126,6 +135,15 @@ func (f fixture) openAll(t *testing.T, s consent.Store, k *pii.Keyring) {
 			if wantAbsent := field == consent.FieldTranscript && want.Transcript == ""; (wantAbsent && got != "") || (!wantAbsent && got != phi(rec.CallSID, field)) {
 				t.Fatalf("record %s %s opened to the wrong value", rec.CallSID, field)
 			}
+		}
+	}
+	for _, rec := range f.records {
+		m, err := s.StreamMeasurement(ctx, rec.CallSID, rec.Script.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := k.OpenFor(consent.StreamBinding(rec.CallSID, rec.Script.ID), m.AnswerAudio); err != nil || got != phi(rec.CallSID, consent.FieldAnswerAudio) {
+			t.Fatalf("answer audio of %s: %v", rec.CallSID, err)
 		}
 	}
 	for _, sid := range f.started {
@@ -244,7 +262,7 @@ func testRotateMoved(t *testing.T, s consent.Store, r consent.Resealer) {
 func testSealedRowsPages(t *testing.T, s consent.Store, r consent.Resealer) {
 	f := storeFixture(t, s, 5)
 	ctx := ctxT(t)
-	want := map[string]int{consent.TableConsentRecords: 5, consent.TableStartedCalls: 5, consent.TableSecrets: 2}
+	want := map[string]int{consent.TableConsentRecords: 5, consent.TableStartedCalls: 5, consent.TableSecrets: 2, consent.TableStreamMeasurements: 5}
 	for _, table := range consent.SealedTables {
 		var keys []string
 		after := ""

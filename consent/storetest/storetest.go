@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) consent.Store) {
 	t.Run("SecretGenerateError", func(t *testing.T) { testSecretGenerateError(t, open(t)) })
 	t.Run("ContextEnded", func(t *testing.T) { testContextEnded(t, open(t)) })
 	t.Run("UnsettledCalls", func(t *testing.T) { testUnsettled(t, open(t)) })
+	t.Run("StreamMeasurements", func(t *testing.T) { testStreamMeasurements(t, open(t)) })
 	t.Run("Ping", func(t *testing.T) {
 		if err := open(t).Ping(context.Background()); err != nil {
 			t.Fatalf("Ping: %v", err)

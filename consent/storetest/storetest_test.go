@@ -21,10 +21,73 @@ type memStore struct {
 	recs    map[[2]string]consent.Record
 	secrets map[string]consent.Sealed
 	started map[string]consent.StartedCall
+	streams map[[2]string]consent.StreamMeasurement
 }
 
 func newMemStore() *memStore {
-	return &memStore{recs: map[[2]string]consent.Record{}, secrets: map[string]consent.Sealed{}, started: map[string]consent.StartedCall{}}
+	return &memStore{recs: map[[2]string]consent.Record{}, secrets: map[string]consent.Sealed{}, started: map[string]consent.StartedCall{},
+		streams: map[[2]string]consent.StreamMeasurement{}}
+}
+
+func (m *memStore) SaveStreamMeasurement(ctx context.Context, sm consent.StreamMeasurement) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := sm.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := [2]string{sm.CallSID, sm.ScriptID}
+	sm.MustHearEndedAt = m.streams[k].MustHearEndedAt
+	sm.StartedAt = sm.StartedAt.UTC()
+	m.streams[k] = sm
+	return nil
+}
+
+func (m *memStore) MustHearEnded(ctx context.Context, callSID, scriptID string, at time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := [2]string{callSID, scriptID}
+	sm, ok := m.streams[k]
+	if !ok {
+		sm = consent.StreamMeasurement{CallSID: callSID, ScriptID: scriptID, PromptOnsetMS: -1, PromptEndMS: -1, AnswerOnsetMS: -1, AnswerEndMS: -1}
+	}
+	sm.MustHearEndedAt = at.UTC()
+	m.streams[k] = sm
+	return nil
+}
+
+func (m *memStore) StreamMeasurement(ctx context.Context, callSID, scriptID string) (consent.StreamMeasurement, error) {
+	if err := ctx.Err(); err != nil {
+		return consent.StreamMeasurement{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sm, ok := m.streams[[2]string{callSID, scriptID}]
+	if !ok {
+		return consent.StreamMeasurement{}, consent.ErrNotFound
+	}
+	return sm, nil
+}
+
+func (m *memStore) StreamMeasurements(ctx context.Context, callSID string) ([]consent.StreamMeasurement, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []consent.StreamMeasurement
+	for k, sm := range m.streams {
+		if k[0] == callSID {
+			out = append(out, sm)
+		}
+	}
+	slices.SortFunc(out, func(a, b consent.StreamMeasurement) int { return strings.Compare(a.ScriptID, b.ScriptID) })
+	return out, nil
 }
 
 func (m *memStore) CallStarted(ctx context.Context, c consent.StartedCall) error {
@@ -179,6 +242,13 @@ func (m *memStore) SealedRows(ctx context.Context, table, after string, limit in
 			out = append(out, consent.SealedRow{Key: c.CallSID, Place: consent.StartedCallBinding(c.CallSID, ""),
 				Values: map[string]consent.Sealed{consent.FieldFrom: c.From, consent.FieldTo: c.To}})
 		}
+	case consent.TableStreamMeasurements:
+		for _, sm := range m.streams {
+			place := consent.StreamBinding(sm.CallSID, sm.ScriptID)
+			place.Field = ""
+			out = append(out, consent.SealedRow{Key: sm.CallSID + "/" + sm.ScriptID, Place: place,
+				Values: map[string]consent.Sealed{consent.FieldAnswerAudio: sm.AnswerAudio}})
+		}
 	case consent.TableSecrets:
 		for name, v := range m.secrets {
 			place := consent.SecretBinding(name)
@@ -223,6 +293,13 @@ func (m *memStore) Reseal(ctx context.Context, table string, updates []consent.S
 			if c, ok := m.started[u.Key]; ok {
 				cas(map[string]*consent.Sealed{consent.FieldFrom: &c.From, consent.FieldTo: &c.To}[u.Field], u)
 				m.started[u.Key] = c
+			}
+		case consent.TableStreamMeasurements:
+			for k, sm := range m.streams {
+				if k[0]+"/"+k[1] == u.Key {
+					cas(&sm.AnswerAudio, u)
+					m.streams[k] = sm
+				}
 			}
 		case consent.TableSecrets:
 			if v, ok := m.secrets[u.Key]; ok {

@@ -1,6 +1,7 @@
 package twiml
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -24,6 +25,35 @@ type GatherURLs struct {
 	// PartialResult receives interim speech results while the caller talks;
 	// empty leaves partialResultCallback off.
 	PartialResult string
+	// Stream, when set, starts the call's media stream right before the
+	// disclosure's first <Say>, so the stream's first outbound speech is
+	// the disclosure (not the greeting).
+	Stream *Stream
+	// MustHearDone, when set, ends the must-hear part with a <Redirect> to
+	// it instead of the answer <Gather>: Twilio fetches it the moment the
+	// last must-hear <Say> has finished playing, which is how that moment
+	// is measured. The IVR answers it with AfterMustHear.
+	MustHearDone string
+}
+
+// Stream is a unidirectional Media Stream of both tracks
+// (<Start><Stream track="both_tracks">).
+type Stream struct {
+	// Name identifies the stream within the call (one per script, so a
+	// disclosure restarted in another language stops the earlier one).
+	Name string
+	// URL is the wss:// URL Twilio connects to. No query string: Twilio
+	// refuses one, and the upgrade's signature is over the URL as written
+	// here (CONTRACT §1). What the handler needs goes in Parameters.
+	URL string
+	// StatusCallback receives stream-started, stream-stopped and
+	// stream-error.
+	StatusCallback string
+	// Parameters arrive in the stream's start message as customParameters,
+	// in this order.
+	Parameters [][2]string
+	// Stop names an earlier stream of the call to stop first ("" for none).
+	Stop string
 }
 
 // emptyDoc is what twiml.Voice(nil) produces; kept as a constant because an
@@ -96,8 +126,44 @@ func Disclosure(s *Script, g GatherURLs) ([]byte, error) {
 }
 
 func appendDisclosure(verbs []twiml.Element, s *Script, p *prepared, g GatherURLs) []twiml.Element {
+	if g.Stream != nil {
+		if g.Stream.Stop != "" && g.Stream.Stop != g.Stream.Name {
+			verbs = append(verbs, twiml.VoiceStop{InnerElements: []twiml.Element{twiml.VoiceStream{Name: g.Stream.Stop}}})
+		}
+		verbs = append(verbs, g.Stream.start())
+	}
 	verbs = append(verbs, p.mustHear...)
+	if g.MustHearDone != "" {
+		return append(verbs, twiml.VoiceRedirect{Url: g.MustHearDone, Method: "POST"})
+	}
 	return append(verbs, answerGather(s, p, g, p.interruptible))
+}
+
+func (st *Stream) start() twiml.VoiceStart {
+	params := make([]twiml.Element, 0, len(st.Parameters))
+	for _, kv := range st.Parameters {
+		params = append(params, twiml.VoiceParameter{Name: kv[0], Value: kv[1]})
+	}
+	return twiml.VoiceStart{InnerElements: []twiml.Element{twiml.VoiceStream{
+		Name:                 st.Name,
+		Url:                  st.URL,
+		Track:                "both_tracks",
+		StatusCallback:       st.StatusCallback,
+		StatusCallbackMethod: "POST",
+		InnerElements:        params,
+	}}}
+}
+
+// AfterMustHear is the rest of the disclosure once its must-hear part has
+// played (the answer to GatherURLs.MustHearDone's redirect): the
+// interruptible segments and the question inside the answer <Gather>.
+func AfterMustHear(s *Script, g GatherURLs) ([]byte, error) {
+	g.Stream, g.MustHearDone = nil, ""
+	if err := checkGather(g); err != nil {
+		return nil, err
+	}
+	p := s.prep()
+	return render([]twiml.Element{answerGather(s, p, g, p.interruptible)})
 }
 
 // Reprompt asks again after an unclear or missing answer: the same <Gather>
@@ -199,6 +265,21 @@ func render(verbs []twiml.Element) ([]byte, error) {
 func checkGather(g GatherURLs) error {
 	if err := checkURL("gather action", g.Action, true); err != nil {
 		return err
+	}
+	if err := checkURL("must-hear redirect", g.MustHearDone, false); err != nil {
+		return err
+	}
+	if st := g.Stream; st != nil {
+		rest, ok := strings.CutPrefix(st.URL, "wss://")
+		if !ok || rest == "" || rest[0] == '/' || strings.ContainsAny(rest, "?#") {
+			return fmt.Errorf("twiml: stream URL %q is not an absolute wss:// URL without a query", st.URL)
+		}
+		if st.Name == "" {
+			return errors.New("twiml: stream without a name")
+		}
+		if err := checkURL("stream status callback", st.StatusCallback, false); err != nil {
+			return err
+		}
 	}
 	return checkURL("partial result callback", g.PartialResult, false)
 }

@@ -132,9 +132,23 @@ func (s *Service) SaveStreamMeasurement(ctx context.Context, m StreamMeasurement
 }
 
 // MustHearEnded records that the must-hear part of scriptID's disclosure
-// finished playing on callSID at the service's now.
-func (s *Service) MustHearEnded(ctx context.Context, callSID, scriptID string) error {
-	return s.cfg.Store.MustHearEnded(ctx, callSID, scriptID, s.cfg.Now().UTC())
+// finished playing on callSID at at (when Twilio's redirect after it
+// arrived).
+func (s *Service) MustHearEnded(ctx context.Context, callSID, scriptID string, at time.Time) error {
+	return s.cfg.Store.MustHearEnded(ctx, callSID, scriptID, at.UTC())
+}
+
+// Decision returns the record of (callSID, scriptID), or ok false when the
+// call has none yet.
+func (s *Service) Decision(ctx context.Context, callSID, scriptID string) (Record, bool, error) {
+	rec, err := s.cfg.Store.Get(ctx, callSID, scriptID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Record{}, false, nil
+	case err != nil:
+		return Record{}, false, err
+	}
+	return rec, true, nil
 }
 
 // MeasuredHeard returns what the call's media stream measured for its answer

@@ -34,6 +34,8 @@ type harness struct {
 	t      testing.TB
 	dir    string
 	store  *sqlitestore.Store
+	svc    *consent.Service
+	ivr    *ivr.Server
 	keys   *pii.Keyring
 	clock  *clock
 	srv    *httptest.Server
@@ -46,7 +48,8 @@ type harness struct {
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
 
-func newHarness(t testing.TB, dir string) *harness {
+// newHarness starts the server; configure adjusts its ivr.Config.
+func newHarness(t testing.TB, dir string, configure ...func(*ivr.Config)) *harness {
 	t.Helper()
 	ctx := context.Background()
 	store, err := sqlitestore.Open(ctx, dir, sqlitestore.Options{Migrate: true})
@@ -67,10 +70,16 @@ func newHarness(t testing.TB, dir string) *harness {
 		Seal: keys.SealFor,
 		Open: keys.OpenFor, PatientRef: pseudonyms.Ref, Now: h.clock.Now,
 	})
-	h.srv = httptest.NewServer(ivr.New(ivr.Config{
+	h.svc = svc
+	cfg := ivr.Config{
 		PublicBaseURL: publicBase, AuthToken: authToken, AccountSID: accountSID, Scripts: h.lib, Consent: svc,
 		Ready: store.Ping, Logger: slog.New(slog.NewTextHandler(h.logs, nil)), Now: h.clock.Now,
-	}))
+	}
+	for _, c := range configure {
+		c(&cfg)
+	}
+	h.ivr = ivr.New(cfg)
+	h.srv = httptest.NewServer(h.ivr)
 	h.twilio = &twiliosim.Twilio{PublicBaseURL: publicBase, Target: h.srv.URL, AuthToken: authToken, AccountSID: accountSID, HTTP: h.srv.Client()}
 	t.Cleanup(h.close)
 	return h

@@ -59,7 +59,19 @@ type Config struct {
 	// REST API's Fetch Call; see TwilioCallStatus). SweepEnded uses it to
 	// close calls whose status callback was lost.
 	FetchCallStatus func(ctx context.Context, callSID string) (status string, duration time.Duration, err error)
-	Logger          *slog.Logger
+	// MediaStreams starts a media stream of both tracks before each
+	// disclosure (its measurement replaces the timing estimate) and marks
+	// the end of the must-hear part with a redirect. The stream itself is
+	// served at PathStream by mediastream.Server, mounted by the caller.
+	MediaStreams bool
+	// UpdateCallURL redirects a live call to url (Twilio's REST Update
+	// Call; see TwilioUpdateCallURL): MoveToReadBack uses it when the media
+	// stream decided first.
+	UpdateCallURL func(ctx context.Context, callSID, url string) error
+	// StreamStatus, when set, is told each stream status event
+	// (stream-started, stream-stopped, stream-error), for metrics.
+	StreamStatus func(event string)
+	Logger       *slog.Logger
 	// DecisionTimeout bounds the work behind one webhook (default 1 s).
 	DecisionTimeout time.Duration
 	// AnswerDeadline bounds the answer (default 1.5 s, well inside Twilio's
@@ -141,6 +153,9 @@ func New(cfg Config) *Server {
 		r.Post(PathPartial, s.partial)
 		r.Post(PathResume, s.resume)
 		r.Post(PathStatus, s.status)
+		r.Post(PathHeard, s.heard)
+		r.Post(PathStreamStatus, s.streamStatus)
+		r.Post(PathDecided, s.decided)
 	})
 	s.router = r
 	return s
@@ -205,7 +220,7 @@ func (s *Server) incoming(w http.ResponseWriter, r *http.Request) {
 	started := s.cfg.Now().Add(time.Duration(s.cfg.Scripts.GreetingMS(script)) * time.Millisecond)
 	st := flowState{Language: script.Language, Started: started}
 	s.remember(s.call(r, script))
-	s.writeTwiML(w, r)(twiml.Incoming(s.cfg.Scripts, script, s.url(PathLanguage, st), s.gatherURLs(st)))
+	s.writeTwiML(w, r)(twiml.Incoming(s.cfg.Scripts, script, s.url(PathLanguage, st), s.disclosureURLs(st, script, nil)))
 }
 
 // rememberTimeout bounds remembering a started call.
@@ -236,12 +251,14 @@ func (s *Server) language(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.remember(s.call(r, script))
 	}
-	s.disclosure(w, r, script)
+	s.disclosure(w, r, script, nil)
 }
 
-func (s *Server) disclosure(w http.ResponseWriter, r *http.Request, script *twiml.Script) {
+// disclosure reads script's disclosure; restartedFrom is the script whose
+// disclosure it replaces, if any.
+func (s *Server) disclosure(w http.ResponseWriter, r *http.Request, script, restartedFrom *twiml.Script) {
 	st := flowState{Language: script.Language, Started: s.cfg.Now()}
-	s.writeTwiML(w, r)(twiml.Disclosure(script, s.gatherURLs(st)))
+	s.writeTwiML(w, r)(twiml.Disclosure(script, s.disclosureURLs(st, script, restartedFrom)))
 }
 
 // gather takes a Gather's final result (or a confirmation key) and decides.
@@ -256,7 +273,7 @@ func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 		// The language key pressed during the disclosure: start it over in
 		// the chosen language rather than reading it as an answer.
 		s.remember(s.call(r, other))
-		s.disclosure(w, r, other)
+		s.disclosure(w, r, other, script)
 		return
 	}
 
@@ -272,6 +289,14 @@ func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 	}
 
 	out, err := within(s, r, func(ctx context.Context) (consent.Outcome, error) {
+		mctx, cancel := context.WithTimeout(ctx, streamDecisionTimeout)
+		err := s.measuredHeard(mctx, st, &answer)
+		cancel()
+		if err != nil {
+			// The decision is the caller's; how it is timed must not hold
+			// it up. The estimate stays, labelled as one.
+			s.cfg.Logger.Warn("stream measurement not read; timings stay estimated", "call_sid", answer.CallSID, "error", err)
+		}
 		out, err := s.cfg.Consent.Decide(ctx, answer)
 		if err != nil || out.Recorded || out.NeedsConfirmation || st.Attempt < maxReprompts {
 			return out, err

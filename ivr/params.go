@@ -25,7 +25,14 @@ var (
 	e164Shape       = regexp.MustCompile(`^\+[1-9][0-9]{1,14}$`)
 	digitsShape     = regexp.MustCompile(`^[0-9*#]{0,32}$`)
 	durationShape   = regexp.MustCompile(`^[0-9]{1,9}$`)
+	streamSIDShape  = regexp.MustCompile(`^MZ[0-9a-f]{32}$`)
+	// A stream's name is ours (the TwiML names it); Twilio echoes it.
+	streamNameShape = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 )
+
+// streamEvents are the values Twilio gives a stream status callback's
+// StreamEvent.
+var streamEvents = map[string]bool{"stream-started": true, "stream-stopped": true, "stream-error": true}
 
 // maxSpeech bounds a speech result. Twilio's transcripts of a short answer
 // are tens of bytes; 4 KB is generous and keeps a re-cut that swallowed
@@ -77,6 +84,11 @@ func paramRules(accountSID string) []paramRule {
 		{"UnstableSpeechResult", false, isSpeech},
 		{"CallStatus", false, func(v string) bool { return callStatuses[v] }},
 		{"CallDuration", false, durationShape.MatchString},
+		{"StreamSid", false, streamSIDShape.MatchString},
+		{"StreamName", false, streamNameShape.MatchString},
+		{"StreamEvent", false, func(v string) bool { return streamEvents[v] }},
+		// Twilio's description of a stream error: text, bounded like speech.
+		{"StreamError", false, isSpeech},
 	}
 }
 

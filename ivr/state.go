@@ -21,6 +21,9 @@ type flowState struct {
 	// Started is when the disclosure TwiML was served: the reference for how
 	// much of it the caller had heard when they answered.
 	Started time.Time
+	// Stream is true when the disclosure started a media stream, whose
+	// measurement then replaces the estimate.
+	Stream bool
 }
 
 func (s flowState) query() string {
@@ -28,6 +31,9 @@ func (s flowState) query() string {
 	q.Set("lang", s.Language)
 	q.Set("attempt", strconv.Itoa(s.Attempt))
 	q.Set("t0", strconv.FormatInt(s.Started.UnixMilli(), 10))
+	if s.Stream {
+		q.Set("ms", "1")
+	}
 	return q.Encode()
 }
 
@@ -42,6 +48,7 @@ func parseFlowState(q url.Values, now time.Time) flowState {
 	if ms, err := strconv.ParseInt(q.Get("t0"), 10, 64); err == nil && ms > 0 {
 		s.Started = time.UnixMilli(ms)
 	}
+	s.Stream = q.Get("ms") == "1"
 	return s
 }
 

@@ -7,6 +7,7 @@
 //	consentline audit     verify the audit log (hash chains and signed checkpoints), sign and export its heads
 //	consentline keys      re-seal stored PII under ENCRYPTION_KEY (rotate), or count it by key (status)
 //	consentline decrypt   decrypt a JWE field or a whole relay event
+//	consentline evidence  write a call's answer audio (kept by its media stream) as a WAV
 package main
 
 import (
@@ -44,6 +45,9 @@ commands:
   decrypt VALUE
             decrypt a JWE field or a whole relay event with ENCRYPTION_KEY(S_RETIRED);
             "-" reads VALUE from stdin. The output is PHI: keep it on your terminal.
+  evidence CALLSID --out answer.wav [--script ID]
+            write the caller's answer as the call's media stream kept it (8 kHz μ-law WAV,
+            from 300 ms before its onset to 300 ms after its end); PHI, written to the file only
 `
 
 // exitUsage is the exit status for a bad command line or setting.
@@ -79,6 +83,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = keysCommand(ctx, args[1:], getenv, stdout, stderr)
 	case "decrypt":
 		err = decryptCommand(args[1:], getenv, stdout)
+	case "evidence":
+		err = evidenceCommand(ctx, args[1:], getenv, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -189,6 +189,33 @@ func (s *Service) StartedScript(ctx context.Context, callSID string) (ScriptRef,
 	return c.Script, true, nil
 }
 
+// StartedCall returns the call remembered by CallStarted, numbers opened,
+// or ok false when it was not remembered. The media stream decides for it:
+// a stream's start message carries no numbers.
+func (s *Service) StartedCall(ctx context.Context, callSID string) (Call, bool, error) {
+	sc, err := s.cfg.Store.StartedCall(ctx, callSID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Call{}, false, nil
+	case err != nil:
+		return Call{}, false, err
+	}
+	c, err := s.openStarted(sc)
+	return c, err == nil, err
+}
+
+func (s *Service) openStarted(sc StartedCall) (Call, error) {
+	c := Call{CallSID: sc.CallSID, Script: sc.Script}
+	var err error
+	if c.From, err = s.cfg.Open(StartedCallBinding(sc.CallSID, FieldFrom), sc.From); err != nil {
+		return Call{}, fmt.Errorf("opening started call %s: %w", sc.CallSID, err)
+	}
+	if c.To, err = s.cfg.Open(StartedCallBinding(sc.CallSID, FieldTo), sc.To); err != nil {
+		return Call{}, fmt.Errorf("opening started call %s: %w", sc.CallSID, err)
+	}
+	return c, nil
+}
+
 // Unsettled returns up to limit calls that started before startedBefore and
 // have no decision, with their numbers decrypted for RecordNoResponse.
 func (s *Service) Unsettled(ctx context.Context, startedBefore time.Time, limit int) ([]Call, error) {
@@ -198,12 +225,9 @@ func (s *Service) Unsettled(ctx context.Context, startedBefore time.Time, limit 
 	}
 	calls := make([]Call, 0, len(started))
 	for _, sc := range started {
-		c := Call{CallSID: sc.CallSID, Script: sc.Script}
-		if c.From, err = s.cfg.Open(StartedCallBinding(sc.CallSID, FieldFrom), sc.From); err != nil {
-			return nil, fmt.Errorf("opening started call %s: %w", sc.CallSID, err)
-		}
-		if c.To, err = s.cfg.Open(StartedCallBinding(sc.CallSID, FieldTo), sc.To); err != nil {
-			return nil, fmt.Errorf("opening started call %s: %w", sc.CallSID, err)
+		c, err := s.openStarted(sc)
+		if err != nil {
+			return nil, err
 		}
 		calls = append(calls, c)
 	}

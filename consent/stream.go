@@ -166,6 +166,22 @@ func (s *Service) MeasuredHeard(ctx context.Context, callSID, scriptID string, g
 	return h, ok, nil
 }
 
+// StreamHeard is what m, a stream's own measurement not necessarily saved
+// yet, says the caller had heard, with the must-hear end stored for the
+// call (by whichever instance took the must-hear redirect).
+func (s *Service) StreamHeard(ctx context.Context, m StreamMeasurement, gatherOpened bool) (Heard, bool, error) {
+	stored, err := s.cfg.Store.StreamMeasurement(ctx, m.CallSID, m.ScriptID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+	case err != nil:
+		return Heard{}, false, fmt.Errorf("reading the must-hear end: %w", err)
+	default:
+		m.MustHearEndedAt = stored.MustHearEndedAt
+	}
+	h, ok := m.Heard(gatherOpened)
+	return h, ok, nil
+}
+
 // Evidence is one script's answer audio of a call, opened.
 type Evidence struct {
 	Measurement StreamMeasurement

@@ -171,6 +171,7 @@ func New(cfg ...Config) *Detector {
 	d.hangFrames = int64((c.HangoverMS + FrameMS - 1) / FrameMS)
 	d.promptHangFrames = int64((c.PromptHangoverMS + FrameMS - 1) / FrameMS)
 	d.echo.lags = c.MaxEchoDelayMS/blockMS + 1
+	d.echo.cand = -1
 	d.bgDB, d.floorDB, d.outFloorDB = minDB, minDB, minDB
 	d.lastCallerOn, d.firstPromptOn, d.lastPromptEnd, d.lastPromptOnMS = -1, -1, -1, -1
 	for i := range d.pendingBg {
@@ -312,7 +313,7 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 		loud := max(d.outFloorDB+loudAboveFloor, loudMinDB)
 		for j := range int64(blocksPerFr) {
 			b := b0 + j
-			d.echo.learn(&d.outWin, b, d.inWin[b&ringMask], loud)
+			d.echo.learn(&d.outWin, b, d.inWin[b&ringMask], loud, d.floorDB+activeMarginDB)
 		}
 		d.echo.settle()
 	}

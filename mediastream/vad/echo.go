@@ -32,10 +32,12 @@ const (
 	ringBlocks      = 128 // 640 ms of 5 ms blocks: echo lags and onset backdating
 	ringMask        = ringBlocks - 1
 	maxDelayBlocks  = 60 // hard cap on the search: 300 ms
-	priorEchoLossDB = 6.0
+	priorEchoLossDB = 3.0
+	echoMemory      = 1000 // blocks (5 s) of memory for the variance once warmed up
 	echoSigmas      = 2.5
 	echoSpread      = 2 // ± lags (±10 ms) around the estimated delay
-	minEchoCount    = 150
+	minEchoCount    = 200
+	stableFrames    = 25 // 500 ms
 	loudAboveFloor  = 20.0 // outbound windows this far over its floor teach the path
 	loudMinDB       = -50.0
 )
@@ -44,14 +46,25 @@ type echoPath struct {
 	lags      int // candidate delays 0..lags-1 (blocks)
 	n         [maxDelayBlocks + 1]float64
 	q50, q16  [maxDelayBlocks + 1]float64
+	mean, vr  [maxDelayBlocks + 1]float64
 	best      int
 	converged bool
+	silent    bool    // outbound loud, inbound at its floor: no audible echo
+	loud      float64 // loud outbound blocks seen
+	cand      int     // best lag at the last settle, -1 none
+	stable    int     // settles for which cand has held
 	upDB      float64 // echo upper level relative to the outbound window at the best lag
 }
 
 // learn adds block b: the inbound window level inDB against the outbound
 // window level k blocks earlier, for every lag k where that was loud.
-func (e *echoPath) learn(outRing *[ringBlocks]float64, b int64, inDB, loudDB float64) {
+func (e *echoPath) learn(outRing *[ringBlocks]float64, b int64, inDB, loudDB, floorDB float64) {
+	if outRing[b&ringMask] >= loudDB {
+		e.loud++
+	}
+	if inDB < floorDB { // the echo, if any, is under the noise here
+		return
+	}
 	for k := 0; k < e.lags; k++ {
 		o := outRing[(b-int64(k))&ringMask]
 		if o < loudDB {
@@ -59,6 +72,10 @@ func (e *echoPath) learn(outRing *[ringBlocks]float64, b int64, inDB, loudDB flo
 		}
 		r := inDB - o
 		e.n[k]++
+		a := max(1/e.n[k], 1.0/echoMemory)
+		d := r - e.mean[k]
+		e.mean[k] += a * d
+		e.vr[k] = (1 - a) * (e.vr[k] + a*d*d)
 		if e.n[k] == 1 {
 			e.q50[k], e.q16[k] = r, r-3
 			continue
@@ -78,32 +95,67 @@ func (e *echoPath) learn(outRing *[ringBlocks]float64, b int64, inDB, loudDB flo
 	}
 }
 
-// settle picks the delay of least spread once enough has been seen.
+// upper is lag k's own estimate of the echo's upper level (relative to
+// the outbound), never above the prior.
+func (e *echoPath) upper(k int) float64 {
+	if e.n[k] < minEchoCount/3 {
+		return -priorEchoLossDB
+	}
+	return min(e.q50[k]+echoSigmas*max(e.q50[k]-e.q16[k], 1), -priorEchoLossDB)
+}
+
+// settle picks the delay of least variance once enough has been seen.
+// When the outbound has been loud for long but the inbound rarely rose
+// above its noise floor meanwhile, there is no audible echo at all.
 func (e *echoPath) settle() {
-	best, bestV := -1, math.Inf(1)
+	best, bestV, most := -1, math.Inf(1), 0.0
 	for k := 0; k < e.lags; k++ {
-		if v := e.q50[k] - e.q16[k]; e.n[k] >= minEchoCount && v < bestV {
-			best, bestV = k, v
+		most = max(most, e.n[k])
+		if e.n[k] >= minEchoCount && e.vr[k] < bestV {
+			best, bestV = k, e.vr[k]
 		}
 	}
-	if best < 0 {
-		return
+	switch {
+	case best >= 0:
+		// Trust a delay only once it has held (±5 ms) for stableFrames:
+		// early on, a sentence's rhythm can make a wrong lag look best.
+		if e.cand >= 0 && abs(best-e.cand) <= 1 {
+			e.stable++
+		} else {
+			e.stable = 0
+		}
+		e.cand = best
+		if e.stable >= stableFrames {
+			e.best, e.converged, e.silent = best, true, false
+			e.upDB = e.upper(best)
+		}
+	case e.loud >= minEchoCount && most < e.loud/10:
+		e.converged, e.silent = true, true
 	}
-	e.best, e.converged = best, true
-	// A path louder than unity cannot be echo of a handset line; cap so
-	// that caller speech wrongly learnt cannot blind the detector.
-	e.upDB = min(e.q50[best]+echoSigmas*max(bestV, 1), 0)
 }
 
 // bound is the highest inbound window level (dB) the outbound explains at block b.
 func (e *echoPath) bound(outRing *[ringBlocks]float64, b int64) float64 {
-	lo, hi, off := 0, e.lags-1, -priorEchoLossDB
-	if e.converged {
-		lo, hi, off = max(e.best-echoSpread, 0), min(e.best+echoSpread, e.lags-1), e.upDB
+	if e.silent {
+		return minDB
+	}
+	if !e.converged {
+		m := minDB
+		for k := 0; k < e.lags; k++ {
+			m = max(m, outRing[(b-int64(k))&ringMask]+e.upper(k))
+		}
+		return m
 	}
 	m := minDB
-	for k := lo; k <= hi; k++ {
+	for k := max(e.best-echoSpread, 0); k <= min(e.best+echoSpread, e.lags-1); k++ {
 		m = max(m, outRing[(b-int64(k))&ringMask])
 	}
-	return m + off
+	return m + e.upDB
+}
+
+func abs(v int) int {
+	if v < 0 {
+		return -v
+	}
+	return v
 }

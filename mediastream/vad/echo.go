@@ -37,7 +37,7 @@ const (
 	echoSigmas      = 2.5
 	echoSpread      = 2 // ± lags (±10 ms) around the estimated delay
 	minEchoCount    = 200
-	stableFrames    = 25 // 500 ms
+	stableFrames    = 25   // 500 ms
 	loudAboveFloor  = 20.0 // outbound windows this far over its floor teach the path
 	loudMinDB       = -50.0
 )

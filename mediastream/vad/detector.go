@@ -7,11 +7,11 @@ import "math/bits"
 // (a full-scale sine is −3 dBFS).
 type Config struct {
 	// SpeechLevelDB is the level a voiced 20 ms frame of the caller must
-	// reach to count towards an onset. Default −33 dBFS. A caller on a
-	// handset speaks at about −26 dBov active level (ITU-T P.56), so the
-	// voiced frames of even a soft-spoken caller reach −30 or more; distant
-	// talk "well below" the caller (≥ 12–15 dB under a normal caller) stays
-	// under it.
+	// reach to count towards an onset. Default −30 dBFS. A caller on a
+	// handset speaks at about −26 dBov active level (ITU-T P.56): their
+	// voiced frames reach −25 to −15 dBFS (the fixtures' callers: −17 to
+	// −20 at their loudest). Distant talk "well below" the caller — 12–15
+	// dB or more under such a caller — stays under it.
 	SpeechLevelDB float64
 	// NoiseMarginDB is how far above the adaptive noise floor a voiced
 	// frame must be to count. Default 12 dB.
@@ -51,7 +51,7 @@ func (c Config) withDefaults() Config {
 			*v = d
 		}
 	}
-	def(&c.SpeechLevelDB, -33)
+	def(&c.SpeechLevelDB, -30)
 	def(&c.NoiseMarginDB, 12)
 	def(&c.BackgroundMarginDB, 9)
 	def(&c.EchoMarginDB, 3)
@@ -313,7 +313,7 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 		loud := max(d.outFloorDB+loudAboveFloor, loudMinDB)
 		for j := range int64(blocksPerFr) {
 			b := b0 + j
-			d.echo.learn(&d.outWin, b, d.inWin[b&ringMask], loud, d.floorDB+activeMarginDB)
+			d.echo.learn(&d.outWin, b, d.inWin[b&ringMask], loud, d.floorDB)
 		}
 		d.echo.settle()
 	}

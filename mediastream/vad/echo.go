@@ -22,11 +22,15 @@ import "math"
 // q50 + echoSigmas·(q50 − q16). Inbound energy above that bound, over a few
 // lags around d to absorb smearing, is not echo.
 //
-// Until about a second of loud outbound has been seen the path is unknown
-// and the bound is conservative: the loudest outbound window of the whole
-// 0–maxDelay span, minus priorEchoLossDB (an echo path with linear gain
-// up to 0.5). A caller barging in during that first second must therefore
-// be louder than half the prompt's level to count.
+// The inbound's noise floor is subtracted before r is taken, so that noise
+// does not pose as a loud echo; an outbound that stays loud while the
+// inbound stays at its floor means there is no audible echo at all.
+//
+// Until ~0.5 s of loud outbound has been seen and the best delay has held
+// for 300 ms, the path is unknown and each lag bounds the echo by its own
+// estimate, never above the prior: the outbound level minus
+// priorEchoLossDB (an echo with linear gain up to ~0.7). A caller barging
+// in that early must be about as loud as the prompt to count at once.
 
 const (
 	ringBlocks      = 128 // 640 ms of 5 ms blocks: echo lags and onset backdating
@@ -35,9 +39,10 @@ const (
 	priorEchoLossDB = 3.0
 	echoMemory      = 1000 // blocks (5 s) of memory for the variance once warmed up
 	echoSigmas      = 2.5
+	maxEchoSpreadDB = 4.0
 	echoSpread      = 2 // ± lags (±10 ms) around the estimated delay
-	minEchoCount    = 200
-	stableFrames    = 25   // 500 ms
+	minEchoCount    = 100
+	stableFrames    = 15   // 300 ms
 	loudAboveFloor  = 20.0 // outbound windows this far over its floor teach the path
 	loudMinDB       = -50.0
 )
@@ -62,9 +67,13 @@ func (e *echoPath) learn(outRing *[ringBlocks]float64, b int64, inDB, loudDB, fl
 	if outRing[b&ringMask] >= loudDB {
 		e.loud++
 	}
-	if inDB < floorDB { // the echo, if any, is under the noise here
+	if inDB < floorDB+activeMarginDB { // the echo, if any, is under the noise here
 		return
 	}
+	// What is left of the inbound once its noise floor is taken out: the
+	// echo, if the outbound explains it. Noise that happens to rise above
+	// the floor then counts for little instead of posing as a loud echo.
+	inDB = toDB(math.Pow(10, inDB/10) - math.Pow(10, floorDB/10))
 	for k := 0; k < e.lags; k++ {
 		o := outRing[(b-int64(k))&ringMask]
 		if o < loudDB {
@@ -101,7 +110,7 @@ func (e *echoPath) upper(k int) float64 {
 	if e.n[k] < minEchoCount/3 {
 		return -priorEchoLossDB
 	}
-	return min(e.q50[k]+echoSigmas*max(e.q50[k]-e.q16[k], 1), -priorEchoLossDB)
+	return min(e.q50[k]+echoSigmas*min(max(e.q50[k]-e.q16[k], 1), maxEchoSpreadDB), -priorEchoLossDB)
 }
 
 // settle picks the delay of least variance once enough has been seen.

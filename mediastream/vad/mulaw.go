@@ -37,3 +37,19 @@ func Decode(dst []int16, src []byte) int {
 	}
 	return n
 }
+
+// MuLawEncode is the G.711 μ-law byte of a linear 16-bit sample (the
+// inverse of MuLaw up to the quantisation step; magnitudes past 32635 clip).
+func MuLawEncode(s int16) byte {
+	v := int(s)
+	sign := byte(0)
+	if v < 0 {
+		sign, v = 0x80, -v
+	}
+	v = min(v, 32635) + 0x84
+	exp := 7
+	for mask := 0x4000; v&mask == 0 && exp > 0; mask >>= 1 {
+		exp--
+	}
+	return ^(sign | byte(exp<<4) | byte((v>>(exp+3))&0x0f))
+}

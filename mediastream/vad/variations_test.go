@@ -25,22 +25,11 @@ func linear(b []byte) []float64 {
 	return x
 }
 
-// encode turns samples in ±1 into μ-law (G.711, clipping at full scale).
+// encode turns samples in ±1 into μ-law, clipping at full scale.
 func encode(x []float64) []byte {
 	out := make([]byte, len(x))
 	for i, v := range x {
-		s := int(math.Round(max(min(v, 1), -1) * 32767))
-		sign := byte(0)
-		if s < 0 {
-			sign, s = 0x80, -s
-		}
-		s = min(s, 32635) + 0x84
-		exp := 7
-		for mask := 0x4000; s&mask == 0 && exp > 0; mask >>= 1 {
-			exp--
-		}
-		man := (s >> (exp + 3)) & 0x0f
-		out[i] = ^(sign | byte(exp<<4) | byte(man))
+		out[i] = MuLawEncode(int16(math.Round(max(min(v, 1), -1) * 32767)))
 	}
 	return out
 }
@@ -163,7 +152,6 @@ type variation struct {
 	name          string
 	in, out       []byte
 	callerOnsetMS int64 // -1: none
-	echoGain      float64
 	promptEndMS   int64 // end of the disclosure on the outbound
 }
 
@@ -231,10 +219,13 @@ func makeVariation(rng *rand.Rand, disclosure []float64, disclosureEndMS int64, 
 		addAt(in, x[int(b.OnsetMS)*8:int(b.OnsetMS+b.SpeechMS)*8], at*8, g)
 		name.WriteString(" background-" + itoa(int64(under)) + "dB@" + itoa(int64(at)))
 	}
-	for k := rng.IntN(3); k > 0; k-- {
-		at := 300 + rng.IntN(max(end-500, 1))
-		addDTMF(in, rng, at)
-		name.WriteString(" dtmf@" + itoa(int64(at)))
+	if k := rng.IntN(3); k > 0 { // key presses, 300 ms apart as fingers go
+		at := 300 + rng.IntN(max(end-500-300*k, 1))
+		for ; k > 0; k-- {
+			addDTMF(in, rng, at)
+			name.WriteString(" dtmf@" + itoa(int64(at)))
+			at += 300
+		}
 	}
 	for k := rng.IntN(3); k > 0; k-- {
 		at := 300 + rng.IntN(max(end-300, 1))
@@ -265,7 +256,7 @@ func makeVariation(rng *rand.Rand, disclosure []float64, disclosureEndMS int64, 
 		addAt(in, x, start, g)
 		name.WriteString(" caller=" + strings.TrimSuffix(c.File, ".ulaw") + "@" + itoa(int64(callerMS)))
 	}
-	return variation{name: name.String(), in: encode(in), out: encode(out), callerOnsetMS: int64(callerMS), echoGain: gain, promptEndMS: disclosureEndMS}
+	return variation{name: name.String(), in: encode(in), out: encode(out), callerOnsetMS: int64(callerMS), promptEndMS: disclosureEndMS}
 }
 
 // TestVariations runs 60 generated calls with a caller and 30 without and
@@ -317,11 +308,12 @@ func TestVariations(t *testing.T) {
 			continue
 		}
 		e := first - v.callerOnsetMS
-		if v.loudDoubleTalk() {
+		if v.doubleTalk() {
 			// Known limit of level-domain echo rejection (see echo.go): a
-			// caller within ~10 dB of a loud echo is found in the next
-			// pause of the prompt, not at once. Never early, never lost.
-			table.WriteString(line + pad(itoa(e), 8) + v.name + "  [loud-echo double talk]\n")
+			// caller within ~10 dB of the echo's upper level, or barging
+			// in before the echo path is learnt, is found in the prompt's
+			// next pause, not at once. Never early; found within 1.5 s.
+			table.WriteString(line + pad(itoa(e), 8) + v.name + "  [double talk]\n")
 			loudErrs = append(loudErrs, e)
 			if e < minErrMS || e > maxLoudDoubleTalkErrMS {
 				t.Errorf("variation %d (%s): onset %d, true %d", i, v.name, first, v.callerOnsetMS)
@@ -335,21 +327,19 @@ func TestVariations(t *testing.T) {
 		}
 	}
 	t.Log("\n#   true    got     err     scenario\n" + table.String())
-	checkErrors(t, "variations", errs)
-	if len(loudErrs) > 0 {
-		med, lo, hi := onsetStats(loudErrs)
-		t.Logf("loud-echo double talk (echo gain ≥ %.2f, caller during the prompt): %d onsets, error median %d ms, min %d ms, max %d ms",
-			loudEchoGain, len(loudErrs), med, lo, hi)
+	checkErrors(t, "variations, answer after the prompt", errs)
+	med, lo, hi := onsetStats(loudErrs)
+	t.Logf("variations, barge-in over the prompt: %d onsets, error median %d ms, min %d ms, max %d ms", len(loudErrs), med, lo, hi)
+	if med > maxMedianErrMS {
+		t.Errorf("barge-in onset error median %d ms, want ≤ %d", med, maxMedianErrMS)
 	}
 }
 
-// A barge-in over an echo at least this loud (linear gain) is the
-// level-domain detector's known weak spot.
-const (
-	loudEchoGain           = 0.25
-	maxLoudDoubleTalkErrMS = 1500
-)
+// maxLoudDoubleTalkErrMS bounds how late a barge-in over the prompt's
+// echo may be found (in the prompt's next pause at worst).
+const maxLoudDoubleTalkErrMS = 1500
 
-func (v variation) loudDoubleTalk() bool {
-	return v.echoGain >= loudEchoGain && v.callerOnsetMS >= 0 && v.callerOnsetMS < v.promptEndMS
+// doubleTalk: the caller starts while the prompt (and its echo) plays.
+func (v variation) doubleTalk() bool {
+	return v.callerOnsetMS >= 0 && v.callerOnsetMS < v.promptEndMS
 }

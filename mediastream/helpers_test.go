@@ -119,6 +119,17 @@ func (r *recorder) waitEnd(t *testing.T, sid string) mediastream.End {
 	}
 }
 
+func (r *recorder) opened(sid string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.starts {
+		if s.StreamSID == sid {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *recorder) endsOf(sid string) []mediastream.End {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -3,6 +3,7 @@ package mediastream_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/http/httptest"
 	"os"
@@ -34,7 +35,7 @@ const numWidth = 12
 func newMediaTemplate(streamSID, track string) *mediaTemplate {
 	z := strings.Repeat("0", numWidth)
 	msg := []byte(fmt.Sprintf(`{"event":"media","sequenceNumber":"%s","media":{"track":"%s","chunk":"%s","timestamp":"%s","payload":"%s"},"streamSid":"%s"}`,
-		z, track, z+"1", z+"2", "/////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////w==", streamSID))
+		z, track, z+"1", z+"2", base64.StdEncoding.EncodeToString(frameOf(0xFF)), streamSID))
 	return &mediaTemplate{
 		msg:     msg,
 		seqAt:   bytes.Index(msg, []byte(`"sequenceNumber":"`)) + len(`"sequenceNumber":"`),

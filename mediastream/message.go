@@ -33,6 +33,11 @@ var maxPayloadBase64 = base64.StdEncoding.EncodedLen(MaxPayloadFrames * FrameByt
 // 30,000 years of milliseconds and far from uint64 overflow.
 const maxDigits = 15
 
+// MaxMessageBytes bounds a message the Parser reads at all: a start with
+// its parameters is a few KB, and the JSON validator recurses per nesting
+// level, so an unbounded input could exhaust the stack.
+const MaxMessageBytes = 64 << 10
+
 // Bounds on customParameters: Twilio's <Parameter>s are few and short.
 const (
 	maxCustomParameters = 32
@@ -286,6 +291,9 @@ func (p *Parser) startAccount() string { return p.startRaw.Get("accountSid").Str
 
 // shape checks one message on its own and fills m; strings alias data.
 func (p *Parser) shape(data []byte, m *Message) error {
+	if len(data) > MaxMessageBytes {
+		return refuse("message too large")
+	}
 	if len(data) == 0 || !gjson.ValidBytes(data) {
 		return errBadJSON
 	}

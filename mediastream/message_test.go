@@ -55,6 +55,7 @@ func TestParseMessageRefusesWrongShapes(t *testing.T) {
 		"empty":                 ``,
 		"not json":              `{"event":"media"`,
 		"array":                 `[1,2]`,
+		"deep nesting":          strings.Repeat("[", 1<<20),
 		"no event":              `{"sequenceNumber":"1"}`,
 		"unknown event":         strings.Replace(media, `"media","seq`, `"clear","seq`, 1),
 		"seq not digits":        strings.Replace(media, `"sequenceNumber":"3"`, `"sequenceNumber":"-3"`, 1),

@@ -39,7 +39,8 @@ type Config struct {
 	// sends a media message every 20 ms per track.
 	ReadTimeout time.Duration
 	// MaxMessageBytes bounds one websocket message (a media message is
-	// about 400 bytes; start with its parameters a few KB).
+	// about 400 bytes; start with its parameters a few KB); at most the
+	// package's MaxMessageBytes.
 	MaxMessageBytes int64
 	// MaxLag is how many 20 ms slots one track may run ahead of the other
 	// before a slot is emitted without the lagging track (DefaultMaxLag).
@@ -132,6 +133,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.MaxMessageBytes <= 0 {
 		cfg.MaxMessageBytes = DefaultMaxMessageBytes
 	}
+	cfg.MaxMessageBytes = min(cfg.MaxMessageBytes, MaxMessageBytes)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}

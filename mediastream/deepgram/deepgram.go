@@ -62,8 +62,13 @@ const (
 	DefaultUtteranceEndMS = 1000
 	DefaultKeepAliveEvery = 4 * time.Second // Deepgram: every 3–5 s, against its 10 s timeout
 	DefaultDialTimeout    = 5 * time.Second
-	DefaultStallTimeout   = 5 * time.Second // Deepgram sends interim results about every second while audio flows
-	DefaultSendQueue      = 50              // frames: 1 s of 20 ms Twilio frames
+	// DefaultStallTimeout: while audio flows Deepgram sends Results about every
+	// second, empty ones during silence included (interim results "are typically
+	// sent every second": https://developers.deepgram.com/docs/utterance-end;
+	// empty finals during silence: github.com/jambonz/jambonz-feature-server/issues/1368).
+	// 10 s leaves room for a slow stretch.
+	DefaultStallTimeout = 10 * time.Second
+	DefaultSendQueue    = 50 // frames: 1 s of 20 ms Twilio frames
 )
 
 // eventBuffer is the capacity of the Events channel. The last slot is kept for
@@ -234,8 +239,10 @@ type Stream struct {
 	err      error // the terminal error; read only after quit is closed
 }
 
-// Dial opens a stream to Deepgram. It fails with a *HandshakeError (errors.Is
-// ErrUnauthorized for a 401) when Deepgram refuses the upgrade.
+// Dial opens a stream to Deepgram. ctx (and Config.DialTimeout) bound only the
+// dial; the stream lives until Close or a failure. It fails with a
+// *HandshakeError (errors.Is ErrUnauthorized for a 401) when Deepgram refuses
+// the upgrade.
 func Dial(ctx context.Context, cfg Config) (*Stream, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {

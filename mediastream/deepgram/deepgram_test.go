@@ -83,6 +83,16 @@ func sendAudio(t *testing.T, s *deepgram.Stream, ms int) {
 	}
 }
 
+// sendAudioUntilFailure is sendAudio for a stream the server is about to end:
+// it stops at the first error, which the terminal event will explain.
+func sendAudioUntilFailure(s *deepgram.Stream, ms int) {
+	for range ms / 20 {
+		if s.Send(frame) != nil {
+			return
+		}
+	}
+}
+
 func closeStream(t *testing.T, s *deepgram.Stream) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -387,7 +397,7 @@ func TestServerCloseCodesAreDistinctErrors(t *testing.T) {
 				deepgramtest.CloseAt(100, tc.code, tc.reason),
 			}})
 			s := dial(t, config(srv, nil))
-			sendAudio(t, s, 200)
+			sendAudioUntilFailure(s, 200)
 			err := closedErr(t, drain(t, s))
 			if !errors.Is(err, tc.want) || errors.Is(err, tc.notWant) || errors.Is(err, deepgram.ErrDropped) {
 				t.Fatalf("Closed.Err = %v, want %v only", err, tc.want)
@@ -410,7 +420,7 @@ func TestDroppedConnectionMidStream(t *testing.T) {
 		deepgramtest.DropAt(200),
 	}})
 	s := dial(t, config(srv, nil))
-	sendAudio(t, s, 300)
+	sendAudioUntilFailure(s, 300)
 	err := closedErr(t, drain(t, s))
 	if !errors.Is(err, deepgram.ErrDropped) {
 		t.Fatalf("Closed.Err = %v, want ErrDropped", err)
@@ -481,7 +491,7 @@ func TestMalformedServerJSONFailsTheStream(t *testing.T) {
 	}})
 	logs := &syncBuffer{}
 	s := dial(t, config(srv, logs))
-	sendAudio(t, s, 200)
+	sendAudioUntilFailure(s, 200)
 	events := drain(t, s)
 	if err := closedErr(t, events); !errors.Is(err, deepgram.ErrMalformed) {
 		t.Fatalf("Closed.Err = %v, want ErrMalformed", err)

@@ -22,6 +22,8 @@ import (
 	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/ivr"
+	"github.com/consentline/consentline/mediastream"
+	"github.com/consentline/consentline/mediastream/deepgram"
 	"github.com/consentline/consentline/relay"
 )
 
@@ -51,6 +53,10 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		return err
 	}
 	app := ivr.New(cfg)
+	streams, err := mountStreams(app, cfg, s, log)
+	if err != nil {
+		return err
+	}
 	// The relay's workers outlive the request context: they stop after the
 	// HTTP server has drained, so a decision taken during shutdown is still
 	// queued (and delivered by whichever instance runs next).
@@ -119,6 +125,14 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	// http.Server.Shutdown does not wait for upgraded connections: the
+	// media streams are closed (going away) and their last measurements
+	// saved before the stores close.
+	if streams != nil {
+		if err := streams.Shutdown(shutdownCtx); err != nil {
+			log.Error("closing media streams", "error", err)
+		}
+	}
 	// Webhooks answered with a hold may have left decision work running;
 	// it must commit (or fail) before the deferred closes of the relay and
 	// the stores run. The sweep stops first.
@@ -169,8 +183,42 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 			return err
 		},
 		FetchCallStatus: ivr.TwilioCallStatus(twilioAPI(s.AccountSID, s.AuthToken)),
+		MediaStreams:    s.MediaStreams,
+		UpdateCallURL:   ivr.TwilioUpdateCallURL(twilioAPI(s.AccountSID, s.AuthToken)),
 		Logger:          log,
 	}, rel, nil
+}
+
+// mountStreams serves the media streams the disclosure TwiML starts (when
+// MEDIA_STREAMS is on) at ivr.PathStream on app's router: each stream's
+// audio is measured (mediastream.Calls) and, with DEEPGRAM_API_KEY, its
+// answer recognized and decided; a stream's decision moves the call to
+// its read-back through app. It returns nil when streams are off.
+func mountStreams(app *ivr.Server, cfg ivr.Config, s *settings, log *slog.Logger) (*mediastream.Server, error) {
+	if !s.MediaStreams {
+		return nil, nil
+	}
+	calls := &mediastream.Calls{
+		Consent:        cfg.Consent,
+		Scripts:        s.Scripts,
+		MoveToReadBack: app.MoveToReadBack,
+		Logger:         log,
+	}
+	if s.DeepgramAPIKey != "" {
+		calls.Recognizer = deepgram.Recognizer{Config: deepgram.Config{APIKey: s.DeepgramAPIKey, URL: s.DeepgramURL, Logger: log}}
+	}
+	streams, err := mediastream.NewServer(mediastream.Config{
+		PublicURL:  ivr.StreamURL(s.PublicBaseURL),
+		AuthToken:  s.AuthToken,
+		AccountSID: s.AccountSID,
+		Logger:     log,
+		Open:       calls.Open,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("media streams: %w", err)
+	}
+	app.Router().Handle(ivr.PathStream, streams)
+	return streams, nil
 }
 
 // twilioAPI is twilio-go's REST client for the account (Fetch Call, for

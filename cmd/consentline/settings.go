@@ -39,6 +39,12 @@ type settings struct {
 	Threshold      float64
 	Scripts        *twiml.Library
 	DeepgramAPIKey string
+	// DeepgramURL overrides Deepgram's live endpoint (a self-hosted
+	// Deepgram, or a stand-in in tests); empty: Deepgram's cloud.
+	DeepgramURL string
+	// MediaStreams: start a media stream before each disclosure (on by
+	// default; MEDIA_STREAMS=off turns it off).
+	MediaStreams bool
 }
 
 // settingError is one line naming the setting and how to make it right.
@@ -62,7 +68,18 @@ func loadSettings(getenv func(string) string) (*settings, error) {
 		DatabaseURL:    strings.TrimSpace(getenv("DATABASE_URL")),
 		RedisURL:       strings.TrimSpace(getenv("REDIS_URL")),
 		DataDir:        orDefault(getenv("DATA_DIR"), "./data"),
-		DeepgramAPIKey: getenv("DEEPGRAM_API_KEY"),
+		DeepgramAPIKey: strings.TrimSpace(getenv("DEEPGRAM_API_KEY")),
+		DeepgramURL:    strings.TrimSpace(getenv("DEEPGRAM_URL")),
+	}
+	switch strings.ToLower(strings.TrimSpace(getenv("MEDIA_STREAMS"))) {
+	case "", "on", "true", "1":
+		s.MediaStreams = true
+	case "off", "false", "0":
+	default:
+		return nil, &settingError{"MEDIA_STREAMS", "must be on (the default: measure each call's barge-in on a media stream) or off"}
+	}
+	if s.DeepgramURL != "" && !strings.HasPrefix(s.DeepgramURL, "wss://") && !strings.HasPrefix(s.DeepgramURL, "ws://") {
+		return nil, &settingError{"DEEPGRAM_URL", "must be a wss:// URL of Deepgram's live API, or empty for Deepgram's cloud"}
 	}
 
 	port, err := strconv.Atoi(orDefault(getenv("PORT"), "8080"))

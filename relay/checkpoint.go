@@ -320,9 +320,9 @@ const (
 
 // Checkpointer signs the audit log's chain heads.
 type Checkpointer struct {
-	db     cpDB
-	signer *AuditSigner
-	p      CheckpointPolicy
+	db      cpDB
+	signer  *AuditSigner
+	p       CheckpointPolicy
 	now     func() time.Time
 	log     *slog.Logger
 	metrics *telemetry.Metrics

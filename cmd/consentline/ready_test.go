@@ -16,7 +16,7 @@ func TestReadyNamesTheBackend(t *testing.T) {
 	defer cancel()
 
 	// Nothing listens on port 1: Redis is refused at once.
-	b, err := openBackends(ctx, "", "redis://127.0.0.1:1/0", t.TempDir(), nil)
+	b, err := openBackends(ctx, "", "redis://127.0.0.1:1/0", t.TempDir(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

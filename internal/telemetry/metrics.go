@@ -129,6 +129,8 @@ var (
 // records nothing.
 type Metrics struct {
 	reg *prometheus.Registry
+	// collectors are every collector in reg, for Descriptors.
+	collectors []prometheus.Collector
 
 	httpDuration *prometheus.HistogramVec
 
@@ -166,7 +168,7 @@ type Metrics struct {
 // and process collectors, registered.
 func New() *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
-	f := factory{m.reg}
+	f := factory{m}
 
 	m.httpDuration = f.histogramVec("http_request_duration_seconds",
 		"Time to answer an HTTP request, by route pattern (never the raw URL) and status code.", webhookBuckets, "route", "status")
@@ -221,44 +223,67 @@ func New() *Metrics {
 		"Stream speech recognizer connections that failed and were not recovered.")
 
 	m.gauges = newScraped()
-	m.reg.MustRegister(m.gauges,
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f.register(m.gauges)
+	f.register(collectors.NewGoCollector())
+	f.register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// Descriptors describes every metric m can expose, whether or not it has a
+// series yet (a vector gets its first when its first event happens): what
+// the dashboard test checks the dashboard's queries against.
+func (m *Metrics) Descriptors() []*prometheus.Desc {
+	ch := make(chan *prometheus.Desc)
+	go func() {
+		for _, c := range m.collectors {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	var out []*prometheus.Desc
+	for d := range ch {
+		out = append(out, d)
+	}
+	return out
 }
 
 // Registry is the registry the metrics are in (for Handler and tests).
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-type factory struct{ reg *prometheus.Registry }
+type factory struct{ m *Metrics }
+
+func (f factory) register(c prometheus.Collector) {
+	f.m.reg.MustRegister(c)
+	f.m.collectors = append(f.m.collectors, c)
+}
 
 func (f factory) counter(name, help string) prometheus.Counter {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help})
-	f.reg.MustRegister(c)
+	f.register(c)
 	return c
 }
 
 func (f factory) counterVec(name, help string, labels ...string) *prometheus.CounterVec {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
-	f.reg.MustRegister(c)
+	f.register(c)
 	return c
 }
 
 func (f factory) gauge(name, help string) prometheus.Gauge {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help})
-	f.reg.MustRegister(g)
+	f.register(g)
 	return g
 }
 
 func (f factory) histogram(name, help string, buckets []float64) prometheus.Histogram {
 	h := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets})
-	f.reg.MustRegister(h)
+	f.register(h)
 	return h
 }
 
 func (f factory) histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
 	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets}, labels)
-	f.reg.MustRegister(h)
+	f.register(h)
 	return h
 }
 

@@ -54,8 +54,8 @@ func TestLabelsFromFixedSets(t *testing.T) {
 	m.Hold("yes I agree")
 	m.HTTPRequest("/voice/gather", 299, time.Millisecond)
 	for name, labels := range map[string][]string{
-		"consentline_decisions_total":                {"source", "other"},
-		"consentline_ivr_holds_total":                {"cause", "other"},
+		"consentline_decisions_total":               {"source", "other"},
+		"consentline_ivr_holds_total":               {"cause", "other"},
 		"consentline_http_request_duration_seconds": {"status", "other"},
 	} {
 		if got := telemetrytest.Value(t, m, name, labels...); got != 1 {

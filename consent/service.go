@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/consentline/consentline/consent/answer"
+	"github.com/consentline/consentline/internal/telemetry"
 )
 
 // DefaultThreshold is CONSENT_CONFIDENCE_THRESHOLD's default: speech
@@ -35,6 +36,10 @@ type Config struct {
 	PatientRef func(number string) string
 	// Now defaults to time.Now.
 	Now func() time.Time
+	// Metrics, when set, counts the decisions recorded, the per-call lock
+	// found busy and the time waited on it, and the records that found a
+	// decision already stored (nil: none).
+	Metrics *telemetry.Metrics
 }
 
 // Service classifies answers and records decisions exactly once per call
@@ -260,6 +265,9 @@ func (s *Service) record(ctx context.Context, a Answer, d Decision) (Record, boo
 		return Record{}, false, err
 	}
 	r := v.(recorded)
+	if r.created && leader {
+		s.cfg.Metrics.Decision(string(r.rec.Decision), string(r.rec.Source), string(r.rec.Timing))
+	}
 	return r.rec, r.created && leader, nil
 }
 
@@ -280,7 +288,11 @@ func (s *Service) recordLocked(ctx context.Context, a Answer, d Decision) (Recor
 		if !errors.Is(err, ErrLockBusy) {
 			return Record{}, false, fmt.Errorf("per-call lock: %w", err)
 		}
-		if err := s.cfg.Locker.Wait(ctx, key); err != nil {
+		s.cfg.Metrics.LockBusy()
+		waitStart := time.Now() // real time, not cfg.Now: this process's wait
+		err = s.cfg.Locker.Wait(ctx, key)
+		s.cfg.Metrics.LockWaited(time.Since(waitStart))
+		if err != nil {
 			return Record{}, false, fmt.Errorf("per-call lock: waiting for another delivery's decision: %w", err)
 		}
 		rec, err := s.cfg.Store.Get(ctx, a.CallSID, a.Script.ID)
@@ -330,6 +342,11 @@ func (s *Service) insert(held context.Context, a Answer, d Decision) (Record, bo
 	stored, created, err := s.cfg.Store.Record(held, rec)
 	if err != nil {
 		return Record{}, false, fmt.Errorf("recording decision: %w", err)
+	}
+	// A no_response finding a decision is the usual end of a decided
+	// call (its status callback); an answer finding one is a duplicate.
+	if !created && d != NoResponse {
+		s.cfg.Metrics.DecisionConflict()
 	}
 	return stored, created, nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/consentline/consentline/consent"
+	"github.com/consentline/consentline/internal/telemetry"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -91,6 +92,10 @@ type Config struct {
 	MinInFlight int
 	AdmitWait   time.Duration
 	Now         func() time.Time
+	// Metrics, when set, counts the answers by kind, the holds by cause,
+	// the work admission refused, and reads the admission limit on scrape
+	// (nil: none).
+	Metrics *telemetry.Metrics
 }
 
 // CallStatus is what Twilio's status callback says of a finished call.
@@ -139,6 +144,7 @@ func New(cfg Config) *Server {
 		cfg.Now = time.Now
 	}
 	s := &Server{cfg: cfg, base: strings.TrimRight(cfg.PublicBaseURL, "/"), admit: newAdmission(cfg.MinInFlight, cfg.MaxInFlight)}
+	cfg.Metrics.WatchAdmission(s.admit.current)
 
 	r := chi.NewRouter()
 	r.Get("/healthz", s.healthz)
@@ -147,6 +153,9 @@ func New(cfg Config) *Server {
 		// Shapes are checked after the signature: an unsigned request is
 		// refused whatever it carries, and a signed one can still be re-cut.
 		r.Use(RequireTwilioSignature(s.base, cfg.AuthToken, cfg.Logger), requireTwilioParams(cfg.AccountSID, cfg.Logger))
+		// Only now is the CallSid signed and of Twilio's shape: the access
+		// log may show it.
+		r.Use(noteCallSID)
 		r.Post(PathIncoming, s.incoming)
 		r.Post(PathLanguage, s.language)
 		r.Post(PathGather, s.gather)
@@ -220,6 +229,7 @@ func (s *Server) incoming(w http.ResponseWriter, r *http.Request) {
 	started := s.cfg.Now().Add(time.Duration(s.cfg.Scripts.GreetingMS(script)) * time.Millisecond)
 	st := flowState{Language: script.Language, Started: started}
 	s.remember(s.call(r, script))
+	s.cfg.Metrics.Answer(telemetry.AnswerTwiML)
 	s.writeTwiML(w, r)(twiml.Incoming(s.cfg.Scripts, script, s.url(PathLanguage, st), s.disclosureURLs(st, script, nil)))
 }
 
@@ -258,6 +268,7 @@ func (s *Server) language(w http.ResponseWriter, r *http.Request) {
 // disclosure it replaces, if any.
 func (s *Server) disclosure(w http.ResponseWriter, r *http.Request, script, restartedFrom *twiml.Script) {
 	st := flowState{Language: script.Language, Started: s.cfg.Now()}
+	s.cfg.Metrics.Answer(telemetry.AnswerTwiML)
 	s.writeTwiML(w, r)(twiml.Disclosure(script, s.disclosureURLs(st, script, restartedFrom)))
 }
 
@@ -316,9 +327,11 @@ func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 		s.readBack(w, r, script, out.Record.Decision)
 	case out.NeedsConfirmation:
 		// The Gather's action is this handler: the key pressed decides.
+		s.cfg.Metrics.Answer(telemetry.AnswerConfirm)
 		s.writeTwiML(w, r)(twiml.Confirm(script, s.url(PathGather, st)))
 	default:
 		st.Attempt++
+		s.cfg.Metrics.Answer(telemetry.AnswerReprompt)
 		s.writeTwiML(w, r)(twiml.Reprompt(script, st.Attempt, s.gatherURLs(st)))
 	}
 }
@@ -355,6 +368,7 @@ func within[T any](s *Server, r *http.Request, work func(ctx context.Context) (T
 	defer answerBy.Stop()
 
 	if !s.admit.acquire(s.cfg.AdmitWait) {
+		s.cfg.Metrics.AdmissionRefused()
 		return zero, errOverloaded
 	}
 
@@ -396,6 +410,7 @@ func (s *Server) partial(w http.ResponseWriter, r *http.Request) {
 func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
 	st := parseFlowState(r.URL.Query(), s.cfg.Now())
 	script := s.script(st.Language)
+	s.cfg.Metrics.Answer(telemetry.AnswerReprompt)
 	s.writeTwiML(w, r)(twiml.Reprompt(script, max(st.Attempt, 1), s.gatherURLs(st)))
 }
 
@@ -424,6 +439,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		// A 5xx tells Twilio (and its debugger) the callback was not taken.
 		// Twilio does not retry it: SweepEnded finds the call later.
 		s.cfg.Logger.Error("status callback not recorded", "call_sid", call.CallSID, "error", err)
+		s.cfg.Metrics.StatusCallbackRefused()
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
@@ -497,6 +513,7 @@ func (s *Server) SweepEnded(ctx context.Context, startedBefore time.Time) (int, 
 const sweepBatch = 100
 
 func (s *Server) readBack(w http.ResponseWriter, r *http.Request, script *twiml.Script, d consent.Decision) {
+	s.cfg.Metrics.Answer(telemetry.AnswerReadBack)
 	if d == consent.NoResponse {
 		s.writeTwiML(w, r)(twiml.NoResponse(script))
 		return
@@ -509,7 +526,29 @@ func (s *Server) readBack(w http.ResponseWriter, r *http.Request, script *twiml.
 // answering again cannot produce a second record.
 func (s *Server) hold(w http.ResponseWriter, r *http.Request, script *twiml.Script, st flowState, what string, err error) {
 	s.cfg.Logger.Error("webhook degraded to hold", "path", r.URL.Path, "step", what, "error", err)
+	s.cfg.Metrics.Answer(telemetry.AnswerHold)
+	s.cfg.Metrics.Hold(holdCause(err))
 	s.writeTwiML(w, r)(twiml.Hold(script, s.url(PathResume, st)))
+}
+
+// holdCause names why work behind a webhook ended in a hold.
+func holdCause(err error) string {
+	switch {
+	case errors.Is(err, errOverloaded):
+		return telemetry.HoldOverloaded
+	case errors.Is(err, errPastDeadline):
+		return telemetry.HoldPastDeadline
+	}
+	return telemetry.HoldError
+}
+
+// noteCallSID gives the access log the webhook's CallSid (checked by
+// requireTwilioParams before it).
+func noteCallSID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		telemetry.NoteCallSID(r.Context(), r.PostForm.Get("CallSid"))
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) logDecision(callSID string, out consent.Outcome) {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/telemetry"
 )
 
 // Signed checkpoints.
@@ -319,11 +320,12 @@ const (
 
 // Checkpointer signs the audit log's chain heads.
 type Checkpointer struct {
-	db     cpDB
-	signer *AuditSigner
-	p      CheckpointPolicy
-	now    func() time.Time
-	log    *slog.Logger
+	db      cpDB
+	signer  *AuditSigner
+	p       CheckpointPolicy
+	now     func() time.Time
+	log     *slog.Logger
+	metrics *telemetry.Metrics
 }
 
 // Checkpointer returns the relay's checkpointer, signing with s.
@@ -344,7 +346,7 @@ func (r *Relay) Checkpointer(s *AuditSigner, p CheckpointPolicy) (*Checkpointer,
 	if p.Poll <= 0 {
 		p.Poll = DefaultCheckpointPoll
 	}
-	return &Checkpointer{db: db, signer: s, p: p, now: r.cfg.Now, log: r.log}, nil
+	return &Checkpointer{db: db, signer: s, p: p, now: r.cfg.Now, log: r.log, metrics: r.cfg.Metrics}, nil
 }
 
 // Checkpoint signs the head of every chain that has entries after its last
@@ -404,10 +406,12 @@ func (c *Checkpointer) pass(ctx context.Context, force bool) ([]Checkpoint, erro
 			if ctx.Err() != nil {
 				return out, ctx.Err()
 			}
+			c.metrics.CheckpointFailed()
 			errs = append(errs, err)
 			continue
 		}
 		if cp != nil {
+			c.metrics.CheckpointWritten()
 			out = append(out, *cp)
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
+
+	"github.com/consentline/consentline/internal/telemetry"
 )
 
 // QueueName is the River queue deliveries run on.
@@ -52,6 +54,9 @@ func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) e
 	w.worked.Store(job.ID, time.Duration(0))
 	err := w.work(ctx, job)
 	var cancel *river.JobCancelError
+	if err != nil && !errors.As(err, &cancel) && job.Attempt >= job.MaxAttempts {
+		w.r.cfg.Metrics.RelayDeadLetter(telemetry.DeadExhausted)
+	}
 	if err == nil || errors.As(err, &cancel) || job.Attempt >= job.MaxAttempts {
 		// Delivered, dead-lettered or out of attempts: River makes no
 		// NextRetry call. (A panic leaves the entry for the one it makes.)
@@ -63,6 +68,7 @@ func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) e
 func (w *deliverWorker) work(ctx context.Context, job *river.Job[DeliverArgs]) error {
 	e, err := w.r.b.entry(ctx, job.Args.EventID)
 	if errors.Is(err, ErrEventNotFound) {
+		w.r.cfg.Metrics.RelayDeadLetter(telemetry.DeadInvalid)
 		return river.JobCancel(err)
 	}
 	if err != nil {
@@ -70,17 +76,22 @@ func (w *deliverWorker) work(ctx context.Context, job *river.Job[DeliverArgs]) e
 	}
 	body, err := deliveryBody(e.Event, w.r.cfg.PII)
 	if err != nil {
+		w.r.cfg.Metrics.RelayDeadLetter(telemetry.DeadInvalid)
 		return river.JobCancel(err)
 	}
 	a := w.r.zapier.Deliver(ctx, e.EventID, body)
+	w.r.cfg.Metrics.RelayAttempt(a.Outcome.String())
 	w.r.log.InfoContext(ctx, "relay delivery",
 		slog.String("event_id", e.EventID), slog.String("type", e.Type),
 		slog.Int("attempt", job.Attempt), slog.Int("max_attempts", job.MaxAttempts),
 		slog.String("outcome", a.Outcome.String()), slog.Int("status", a.Status))
 	switch a.Outcome {
 	case Delivered:
+		// Real time since River queued the job (its row's created_at).
+		w.r.cfg.Metrics.RelayDelivered(time.Since(job.CreatedAt))
 		return nil
 	case Dead:
+		w.r.cfg.Metrics.RelayDeadLetter(telemetry.DeadRejected)
 		return river.JobCancel(a.Err)
 	}
 	if a.RetryAfter > 0 && job.Attempt < job.MaxAttempts {

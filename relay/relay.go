@@ -18,6 +18,7 @@ import (
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/internal/groupcommit"
 	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/telemetry"
 )
 
 // Outbox writes relay events inside the caller's transaction: the audit
@@ -174,6 +175,10 @@ type Config struct {
 	// time because the outbox inserts jobs on the database's clock.
 	Now    func() time.Time
 	Logger *slog.Logger // default: discard
+	// Metrics, when set, counts delivery attempts, dead letters, delivery
+	// lag, call.completed commits and audit checkpoints (nil: none). Serve
+	// also points its queue depth gauge at QueueDepth.
+	Metrics *telemetry.Metrics
 }
 
 // DefaultWorkers is how many deliveries run at once by default. Deliveries
@@ -238,6 +243,8 @@ type backend interface {
 	list(ctx context.Context, p *river.JobListParams) ([]Delivery, error)
 	start(ctx context.Context) error
 	stop(ctx context.Context) error
+	// queueDepth counts the delivery jobs in each River state.
+	queueDepth(ctx context.Context, states []string) (map[string]int64, error)
 }
 
 func newRelay(cfg Config) (*Relay, error) {
@@ -411,5 +418,7 @@ func (r *Relay) newCallBatcher() {
 			res[i].Val = c
 		}
 		return res, nil
-	}, groupcommit.Options{Grace: batchGrace})
+	}, groupcommit.Options{Grace: batchGrace, Observe: func(items int, took time.Duration, err error) {
+		r.cfg.Metrics.StoreCommit(telemetry.CommitCallCompleted, items, took, err)
+	}})
 }

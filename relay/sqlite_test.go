@@ -16,6 +16,7 @@ import (
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/telemetry"
 )
 
 // env is a store, its relay and a catch hook, wired as `serve` wires them.
@@ -34,6 +35,7 @@ type env struct {
 type envOpts struct {
 	respond func(n int, w http.ResponseWriter, r *http.Request, body []byte)
 	pii     PIIMode
+	metrics *telemetry.Metrics
 }
 
 func testConfig(t *testing.T, k *pii.Keyring, clock *fakeClock, hook *catchHook, o envOpts) (Config, *syncWriter) {
@@ -52,6 +54,7 @@ func testConfig(t *testing.T, k *pii.Keyring, clock *fakeClock, hook *catchHook,
 		PollInterval:  20 * time.Millisecond,
 		Now:           clock.Now,
 		Logger:        slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Metrics:       o.metrics,
 	}, logs
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/telemetry"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
 	"github.com/consentline/consentline/relay"
@@ -31,8 +32,9 @@ import (
 // directory with throwaway credentials, plays one whole call against it the
 // way Twilio would (signed form posts, following the TwiML's URLs), with a
 // caller who interrupts the disclosure to say "yes I agree", and prints the
-// conversation and the one stored record.
-func demo(ctx context.Context, stdout io.Writer) error {
+// conversation and the one stored record. The server's own log — an
+// access line per webhook, the decision — goes to stderr as text.
+func demo(ctx context.Context, stdout, stderr io.Writer) error {
 	dir, err := os.MkdirTemp("", "consentline-demo-*")
 	if err != nil {
 		return err
@@ -61,12 +63,14 @@ func demo(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	b, err := openBackends(ctx, "", "", dir, outbox)
+	metrics := telemetry.New()
+	b, err := openBackends(ctx, "", "", dir, outbox, metrics)
 	if err != nil {
 		return err
 	}
 	defer b.close()
-	cfg, rel, err := newApp(ctx, s, b, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	cfg, rel, err := newApp(ctx, s, b, log)
 	if err != nil {
 		return err
 	}
@@ -74,7 +78,7 @@ func demo(ctx context.Context, stdout io.Writer) error {
 	// as the call would move on, instead of waiting out the disclosure.
 	clock := &demoClock{now: time.Now()}
 	cfg.Now = clock.Now
-	srv := &http.Server{Handler: ivr.New(cfg), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: httpHandler(ivr.New(cfg), log, metrics, ""), ErrorLog: httpErrorLog(log), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 

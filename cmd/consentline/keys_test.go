@@ -88,7 +88,7 @@ func TestKeysRotate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := openDatabase(context.Background(), "", env["DATA_DIR"], nil)
+	d, err := openDatabase(context.Background(), "", env["DATA_DIR"], nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

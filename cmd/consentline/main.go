@@ -72,7 +72,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "serve":
 		err = serve(ctx, getenv, stdout)
 	case "demo":
-		err = demo(ctx, stdout)
+		err = demo(ctx, stdout, stderr)
 	case "migrate":
 		err = migrate(ctx, getenv, stdout)
 	case "relay":

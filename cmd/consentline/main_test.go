@@ -60,6 +60,8 @@ func TestSettingsErrors(t *testing.T) {
 		{"bad redis URL", map[string]string{"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL"},
 		{"audit key not base64", map[string]string{"AUDIT_SIGNING_KEY": "not-base64-at-all!"}, "AUDIT_SIGNING_KEY is malformed: not base64 (make one with: openssl rand -base64 32)"},
 		{"short audit key", map[string]string{"AUDIT_SIGNING_KEY": "c2hvcnQta2V5LW9mLTE4Yg=="}, "AUDIT_SIGNING_KEY is malformed: want base64 of a 32-byte Ed25519 seed, got 16 bytes (make one with: openssl rand -base64 32)"},
+		{"short metrics token", map[string]string{"METRICS_TOKEN": "abc"}, "METRICS_TOKEN is malformed"},
+		{"metrics token with a space", map[string]string{"METRICS_TOKEN": "0123456789 abcdef0123"}, "METRICS_TOKEN is malformed"},
 		{"missing disclosure file", map[string]string{"DISCLOSURE_FILE": "/nonexistent/scripts.yaml"}, "DISCLOSURE_FILE"},
 	}
 	for _, tc := range cases {

@@ -38,7 +38,7 @@ func openRelay(ctx context.Context, getenv func(string) string) (*relay.Relay, f
 	if err := s.loadRelay(getenv); err != nil {
 		return nil, nil, badSettings{err}
 	}
-	db, err := openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil)
+	db, err := openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil, nil)
 	if err != nil {
 		return nil, nil, err
 	}

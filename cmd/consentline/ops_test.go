@@ -36,7 +36,7 @@ func decideCalls(t *testing.T, env map[string]string, n int) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := openBackends(ctx, "", "", s.DataDir, outbox)
+	b, err := openBackends(ctx, "", "", s.DataDir, outbox, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,7 +20,7 @@ func TestReadyNamesTheBackend(t *testing.T) {
 	defer cancel()
 
 	// Nothing listens on port 1: Redis is refused at once.
-	b, err := openBackends(ctx, "", "redis://127.0.0.1:1/0", t.TempDir(), nil)
+	b, err := openBackends(ctx, "", "redis://127.0.0.1:1/0", t.TempDir(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,5 +33,15 @@ func TestReadyNamesTheBackend(t *testing.T) {
 	_ = b.store.Close()
 	if err := b.ready(ctx); !errors.As(err, &nr) || nr.Backend != ivr.BackendSQLite {
 		t.Errorf("ready with the store closed = %v, want NotReady naming sqlite", err)
+	}
+}
+
+// The HTTP server's own error log goes through slog: a JSON line at Error.
+func TestHTTPErrorLogIsSlog(t *testing.T) {
+	var buf bytes.Buffer
+	httpErrorLog(slog.New(slog.NewJSONHandler(&buf, nil))).Printf("http: TLS handshake error from %s: EOF", "10.0.0.1:5555")
+	var line map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil || line["level"] != "ERROR" || !strings.Contains(line["msg"].(string), "TLS handshake error") {
+		t.Errorf("error log line = %q (%v)", buf.String(), err)
 	}
 }

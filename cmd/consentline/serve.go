@@ -21,6 +21,7 @@ import (
 	"github.com/consentline/consentline/consent/redislock"
 	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/telemetry"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/mediastream"
 	"github.com/consentline/consentline/mediastream/deepgram"
@@ -37,12 +38,13 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		return badSettings{err}
 	}
 	log := slog.New(slog.NewJSONHandler(stdout, nil))
+	metrics := telemetry.New()
 
 	outbox, err := relay.NewOutbox(s.Keys, s.ZapierWebhookURL != "")
 	if err != nil {
 		return err
 	}
-	b, err := openBackends(ctx, s.DatabaseURL, s.RedisURL, s.DataDir, outbox)
+	b, err := openBackends(ctx, s.DatabaseURL, s.RedisURL, s.DataDir, outbox, metrics)
 	if err != nil {
 		return err
 	}
@@ -92,7 +94,8 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 
 	srv := &http.Server{
 		Addr:              net.JoinHostPort("", strconv.Itoa(s.Port)),
-		Handler:           app,
+		Handler:           httpHandler(app, log, metrics, s.MetricsToken),
+		ErrorLog:          httpErrorLog(log),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
@@ -163,6 +166,7 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 	if err != nil {
 		return ivr.Config{}, nil, err
 	}
+	b.metrics.WatchRelayQueue(rel.QueueDepth)
 	svc := consent.NewService(consent.Config{
 		Store:      b.store,
 		Locker:     b.locker,
@@ -170,6 +174,7 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 		Seal:       s.Keys.SealFor,
 		Open:       s.Keys.OpenFor,
 		PatientRef: pseudonyms.Ref,
+		Metrics:    b.metrics,
 	})
 	return ivr.Config{
 		PublicBaseURL: s.PublicBaseURL,
@@ -186,6 +191,7 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 		MediaStreams:    s.MediaStreams,
 		UpdateCallURL:   ivr.TwilioUpdateCallURL(twilioAPI(s.AccountSID, s.AuthToken)),
 		Logger:          log,
+		Metrics:         b.metrics,
 	}, rel, nil
 }
 
@@ -242,7 +248,7 @@ const (
 // delivery when ZAPIER_WEBHOOK_URL is set.
 func newRelay(s *settings, db *database, pseudonyms *pii.Pseudonymizer, log *slog.Logger) (*relay.Relay, error) {
 	cfg := relay.Config{
-		Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: s.RelayPII, RescueAfter: s.RelayRescueAfter, Logger: log,
+		Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: s.RelayPII, RescueAfter: s.RelayRescueAfter, Logger: log, Metrics: db.metrics,
 		WebhookURL: s.ZapierWebhookURL, Signer: s.RelaySigner,
 	}
 	return db.newRelay(cfg)
@@ -263,16 +269,17 @@ type backends struct {
 // database is the store the settings chose and the relay that runs on it.
 type database struct {
 	kind     string
+	metrics  *telemetry.Metrics // nil for the commands other than serve
 	store    consent.Store
 	newRelay func(relay.Config) (*relay.Relay, error)
 }
 
 // openDatabase opens and migrates PostgreSQL when databaseURL is set, else
 // the embedded SQLite database in dataDir; River's tables are migrated with
-// the store's own.
-func openDatabase(ctx context.Context, databaseURL, dataDir string, outbox *relay.Outbox) (*database, error) {
+// the store's own. m (nil for none) records the store's commits.
+func openDatabase(ctx context.Context, databaseURL, dataDir string, outbox *relay.Outbox, m *telemetry.Metrics) (*database, error) {
 	if databaseURL != "" {
-		opts := pgstore.Options{Migrate: true}
+		opts := pgstore.Options{Migrate: true, Metrics: m}
 		if outbox != nil {
 			opts.AfterInsert = outbox.PostgresAfterInsert
 		}
@@ -284,11 +291,11 @@ func openDatabase(ctx context.Context, databaseURL, dataDir string, outbox *rela
 			_ = st.Close()
 			return nil, fmt.Errorf("migrating the relay's job tables: %w", err)
 		}
-		return &database{kind: "postgres", store: st, newRelay: func(c relay.Config) (*relay.Relay, error) {
+		return &database{kind: "postgres", metrics: m, store: st, newRelay: func(c relay.Config) (*relay.Relay, error) {
 			return relay.NewPostgres(st.Pool(), c)
 		}}, nil
 	}
-	opts := sqlitestore.Options{Migrate: true}
+	opts := sqlitestore.Options{Migrate: true, Metrics: m}
 	if outbox != nil {
 		opts.AfterInsert = outbox.SQLiteAfterInsert
 	}
@@ -300,15 +307,16 @@ func openDatabase(ctx context.Context, databaseURL, dataDir string, outbox *rela
 		_ = st.Close()
 		return nil, fmt.Errorf("migrating the relay's job tables: %w", err)
 	}
-	return &database{kind: "sqlite", store: st, newRelay: func(c relay.Config) (*relay.Relay, error) {
+	return &database{kind: "sqlite", metrics: m, store: st, newRelay: func(c relay.Config) (*relay.Relay, error) {
 		return relay.NewSQLite(st.DB(), c)
 	}}, nil
 }
 
 // openBackends opens the database (with outbox writing each record's relay
-// event in the record's transaction; nil for none) and the per-call lock.
-func openBackends(ctx context.Context, databaseURL, redisURL, dataDir string, outbox *relay.Outbox) (*backends, error) {
-	db, err := openDatabase(ctx, databaseURL, dataDir, outbox)
+// event in the record's transaction; nil for none) and the per-call lock;
+// m (nil for none) is what the app built on them records into.
+func openBackends(ctx context.Context, databaseURL, redisURL, dataDir string, outbox *relay.Outbox, m *telemetry.Metrics) (*backends, error) {
+	db, err := openDatabase(ctx, databaseURL, dataDir, outbox, m)
 	if err != nil {
 		return nil, err
 	}
@@ -360,7 +368,7 @@ func (b *backends) close() {
 // migrate applies the database migrations and exits: run it before a
 // deploy, or let serve apply them at start (both are safe together).
 func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
-	db, err := openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil)
+	db, err := openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil, nil)
 	if err != nil {
 		return err
 	}

@@ -45,6 +45,10 @@ type settings struct {
 	// MediaStreams: start a media stream before each disclosure (on by
 	// default; MEDIA_STREAMS=off turns it off).
 	MediaStreams bool
+
+	// MetricsToken is METRICS_TOKEN: when set, /metrics wants it as a
+	// bearer token.
+	MetricsToken string
 }
 
 // settingError is one line naming the setting and how to make it right.
@@ -61,6 +65,10 @@ func (e badSettings) Unwrap() error { return e.error }
 
 var accountSIDPattern = regexp.MustCompile(`^AC[0-9a-fA-F]{32}$`)
 
+// metricsTokenPattern is a bearer token's characters (RFC 6750's b64token),
+// at a length worth guessing nothing from.
+var metricsTokenPattern = regexp.MustCompile(`^[A-Za-z0-9\-._~+/]{16,}=*$`)
+
 // loadSettings reads every setting serve needs and returns the first
 // problem as one line. Values are never echoed: several are secrets.
 func loadSettings(getenv func(string) string) (*settings, error) {
@@ -70,6 +78,10 @@ func loadSettings(getenv func(string) string) (*settings, error) {
 		DataDir:        orDefault(getenv("DATA_DIR"), "./data"),
 		DeepgramAPIKey: strings.TrimSpace(getenv("DEEPGRAM_API_KEY")),
 		DeepgramURL:    strings.TrimSpace(getenv("DEEPGRAM_URL")),
+		MetricsToken:   getenv("METRICS_TOKEN"),
+	}
+	if s.MetricsToken != "" && !metricsTokenPattern.MatchString(s.MetricsToken) {
+		return nil, &settingError{"METRICS_TOKEN", "is malformed: want at least 16 characters from A-Z a-z 0-9 - . _ ~ + / = (make one with: openssl rand -hex 32)"}
 	}
 	switch strings.ToLower(strings.TrimSpace(getenv("MEDIA_STREAMS"))) {
 	case "", "on", "true", "1":

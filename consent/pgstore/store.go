@@ -30,6 +30,7 @@ import (
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/internal/groupcommit"
+	"github.com/consentline/consentline/internal/telemetry"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
@@ -68,6 +69,10 @@ type Options struct {
 	// pool) measured slower than either: the queue splits into batches of
 	// one or two, each taking the same audit chain locks.
 	ConcurrentBatches int
+
+	// Metrics, when set, records each record transaction's duration and
+	// batch size (nil: none).
+	Metrics *telemetry.Metrics
 }
 
 // Store is the PostgreSQL consent.Store. Its methods are safe for concurrent
@@ -115,7 +120,10 @@ func Open(ctx context.Context, databaseURL string, opts Options) (*Store, error)
 	if concurrent <= 0 {
 		concurrent = min(2, max(1, int(cfg.MaxConns)/2))
 	}
-	s.records = groupcommit.New(s.commit, groupcommit.Options{MaxBatch: opts.MaxBatch, Grace: cancelGrace, Concurrent: concurrent})
+	s.records = groupcommit.New(s.commit, groupcommit.Options{MaxBatch: opts.MaxBatch, Grace: cancelGrace, Concurrent: concurrent,
+		Observe: func(items int, took time.Duration, err error) {
+			opts.Metrics.StoreCommit(telemetry.CommitRecords, items, took, err)
+		}})
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("pgstore: connect to %s:%d/%s: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, ctxCause(ctx, err))

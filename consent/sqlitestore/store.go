@@ -48,6 +48,7 @@ import (
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/internal/groupcommit"
+	"github.com/consentline/consentline/internal/telemetry"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
@@ -76,6 +77,10 @@ type Options struct {
 	// MaxBatch is the most records one transaction takes (default
 	// groupcommit.DefaultMaxBatch).
 	MaxBatch int
+
+	// Metrics, when set, records each record transaction's duration and
+	// batch size (nil: none).
+	Metrics *telemetry.Metrics
 }
 
 // Store is the SQLite consent.Store. Its methods are safe for concurrent use.
@@ -139,7 +144,10 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	f.Close()
 
 	s := &Store{path: path, afterInsert: opts.AfterInsert}
-	s.records = groupcommit.New(s.commit, groupcommit.Options{MaxBatch: opts.MaxBatch, Grace: commitGrace})
+	s.records = groupcommit.New(s.commit, groupcommit.Options{MaxBatch: opts.MaxBatch, Grace: commitGrace,
+		Observe: func(items int, took time.Duration, err error) {
+			opts.Metrics.StoreCommit(telemetry.CommitRecords, items, took, err)
+		}})
 	s.write, err = sql.Open("sqlite", path+"?"+writeParams)
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: %w", err)

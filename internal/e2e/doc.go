@@ -2,7 +2,9 @@
 // relay (issue #4): decisions taken through the real call flow or
 // consent.Service, stored on a real database with the outbox, and delivered
 // by River to a local catch hook (an httptest server standing in for
-// Zapier), and the operator commands run as the real binary.
+// Zapier), and the operator commands run as the real binary; and
+// TestLogsCarryNoPHI, whole calls against a real `consentline serve` whose
+// every written byte is checked for the callers' numbers and words.
 //
 // The package has no code of its own; everything is in its _test.go files:
 //

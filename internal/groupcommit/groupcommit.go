@@ -66,6 +66,11 @@ type Options struct {
 	// committing still waits for that batch's outcome (default 0: until the
 	// outcome).
 	Grace time.Duration
+	// Observe, when set, is told of every transaction fn ran: how many
+	// items it took, how long it took and its error (a batch retried item
+	// by item is one call per try). It runs on the committing goroutine,
+	// so it must be quick (a metrics update).
+	Observe func(items int, took time.Duration, err error)
 }
 
 // DefaultMaxBatch is Options.MaxBatch's default.
@@ -290,9 +295,13 @@ func (c *Committer[In, Out]) run(batch []*call[In, Out]) {
 
 // commit calls fn, turning a panic into an error every caller re-panics on.
 func (c *Committer[In, Out]) commit(ctx context.Context, ins []In) (res []Result[Out], err error) {
+	start := time.Now()
 	defer func() {
 		if v := recover(); v != nil {
 			res, err = nil, panicked{v}
+		}
+		if c.opts.Observe != nil {
+			c.opts.Observe(len(ins), time.Since(start), err)
 		}
 	}()
 	return c.fn(ctx, ins)

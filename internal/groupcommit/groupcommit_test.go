@@ -309,3 +309,51 @@ func TestConcurrentBatches(t *testing.T) {
 	wg.Wait()
 	c.Close()
 }
+
+// Observe is told of every transaction: the batch of four with a poison
+// item, then each of its items alone, with their sizes and errors.
+func TestObserveSeesEveryTransaction(t *testing.T) {
+	d := &double{gate: make(chan struct{})}
+	type obs struct {
+		items  int
+		failed bool
+	}
+	var mu sync.Mutex
+	var seen []obs
+	c := New(d.commit, Options{Observe: func(items int, took time.Duration, err error) {
+		if took < 0 {
+			t.Errorf("negative duration %s", took)
+		}
+		mu.Lock()
+		seen = append(seen, obs{items, err != nil})
+		mu.Unlock()
+	}})
+	defer c.Close()
+	go func() { _, _ = c.Do(context.Background(), 0) }()
+	waitFor(t, func() bool { return len(d.seen()) == 1 })
+	var wg sync.WaitGroup
+	for _, v := range []int{1, 2, -3, 4} {
+		wg.Go(func() { _, _ = c.Do(context.Background(), v) })
+	}
+	waitFor(t, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return len(c.queue) == 4 })
+	close(d.gate)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	// The four alone come in queue order, which the goroutines chose.
+	if len(seen) == 6 {
+		slices.SortFunc(seen[2:], func(a, b obs) int {
+			if a.failed == b.failed {
+				return 0
+			}
+			if a.failed {
+				return 1
+			}
+			return -1
+		})
+	}
+	want := []obs{{1, false}, {4, true}, {1, false}, {1, false}, {1, false}, {1, true}}
+	if !slices.Equal(seen, want) {
+		t.Errorf("observed %v, want %v", seen, want)
+	}
+}

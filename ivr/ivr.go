@@ -69,10 +69,7 @@ type Config struct {
 	// Call; see TwilioUpdateCallURL): MoveToReadBack uses it when the media
 	// stream decided first.
 	UpdateCallURL func(ctx context.Context, callSID, url string) error
-	// StreamStatus, when set, is told each stream status event
-	// (stream-started, stream-stopped, stream-error), for metrics.
-	StreamStatus func(event string)
-	Logger       *slog.Logger
+	Logger        *slog.Logger
 	// DecisionTimeout bounds the work behind one webhook (default 1 s).
 	DecisionTimeout time.Duration
 	// AnswerDeadline bounds the answer (default 1.5 s, well inside Twilio's

@@ -10,6 +10,7 @@ import (
 	twilioapi "github.com/twilio/twilio-go/rest/api/v2010"
 
 	"github.com/consentline/consentline/consent"
+	"github.com/consentline/consentline/internal/telemetry"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -99,13 +100,11 @@ func (s *Server) streamStatus(w http.ResponseWriter, r *http.Request) {
 	switch event := f.Get("StreamEvent"); event {
 	case "stream-error":
 		// StreamError is Twilio's text about the stream, not the caller's.
+		s.cfg.Metrics.StreamError(telemetry.StreamErrorTwilio)
 		s.cfg.Logger.Warn("media stream failed; the call goes on without it", "call_sid", f.Get("CallSid"),
 			"stream_sid", f.Get("StreamSid"), "stream", f.Get("StreamName"), "twilio_error", f.Get("StreamError"))
 	default:
 		s.cfg.Logger.Debug("media stream status", "call_sid", f.Get("CallSid"), "stream_sid", f.Get("StreamSid"), "event", event)
-	}
-	if s.cfg.StreamStatus != nil {
-		s.cfg.StreamStatus(f.Get("StreamEvent"))
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

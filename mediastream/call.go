@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/consentline/consentline/consent"
+	"github.com/consentline/consentline/internal/telemetry"
 	"github.com/consentline/consentline/mediastream/vad"
 	"github.com/consentline/consentline/twiml"
 )
@@ -50,9 +51,9 @@ type Calls struct {
 	// Now defaults to time.Now; the wall clock ties stream time to webhook
 	// time (the must-hear redirect, the decision).
 	Now func() time.Time
-	// OnOnset, when set, is told of each caller onset the VAD confirms
-	// (for metrics).
-	OnOnset func()
+	// Metrics counts streams, their errors, VAD onsets and recognizer
+	// failures (nil: none).
+	Metrics *telemetry.Metrics
 }
 
 // Open starts following one stream: the Server calls it after the stream's
@@ -75,6 +76,7 @@ func (c *Calls) Open(ctx context.Context, start Start) (func(Frame), func(End), 
 		now: now, script: script.Ref(), det: vad.New(),
 		saves: make(chan snapshot, 1), savedAll: make(chan struct{}),
 	}
+	c.Metrics.StreamOpened()
 	sc.m = consent.StreamMeasurement{CallSID: start.CallSID, ScriptID: script.ID, StreamSID: start.StreamSID,
 		StartedAt: now().UTC(), PromptOnsetMS: -1, PromptEndMS: -1, AnswerOnsetMS: -1, AnswerEndMS: -1}
 	sc.utt.endMS = -1
@@ -86,6 +88,7 @@ func (c *Calls) Open(ctx context.Context, start Start) (func(Frame), func(End), 
 		if err != nil {
 			// The call goes on without recognition: the Gather decides.
 			sc.log.Warn("stream recognizer not available; the Gather decides", "error", err)
+			c.Metrics.RecognizerFailed()
 		} else {
 			sc.rec = rec
 			sc.recDone = make(chan struct{})
@@ -175,6 +178,9 @@ func (sc *streamCall) frame(f Frame) {
 		// knows the stream is measuring this call.
 		sc.m.PromptOnsetMS, save = ch.PromptOnsetMS, true
 	}
+	if ch.PromptOnset {
+		sc.calls.Metrics.VADOnset(telemetry.TrackOutbound)
+	}
 	if ch.PromptEnd && sc.m.AnswerOnsetMS < 0 {
 		sc.m.PromptEndMS = ch.PromptEndMS
 	}
@@ -195,9 +201,7 @@ func (sc *streamCall) frame(f Frame) {
 		from := max(ch.CallerOnsetMS-preRollMS, 0, f.MS+vad.FrameMS-ringMS)
 		sc.utt = utterance{onsetMS: ch.CallerOnsetMS, endMS: -1, fromMS: from, audio: sc.preRoll(from, f.MS+vad.FrameMS)}
 		save = true
-		if sc.calls.OnOnset != nil {
-			sc.calls.OnOnset()
-		}
+		sc.calls.Metrics.VADOnset(telemetry.TrackInbound)
 	} else {
 		sc.capture(in)
 	}
@@ -349,11 +353,20 @@ func (sc *streamCall) end(e End) {
 	}
 	sc.cancel()
 	<-sc.savedAll
+	sc.calls.Metrics.StreamClosed()
+	switch e.Reason {
+	case ReasonMalformed:
+		sc.calls.Metrics.StreamError(telemetry.StreamErrorProtocol)
+	case ReasonReadTimeout:
+		sc.calls.Metrics.StreamError(telemetry.StreamErrorTimeout)
+	}
 	sc.log.Debug("media stream ended", "reason", e.Reason)
 }
 
 func (sc *streamCall) stopRecognizer(err error) {
 	sc.log.Warn("stream recognizer failed; the Gather decides", "error", err)
+	sc.calls.Metrics.RecognizerFailed()
+	sc.calls.Metrics.StreamError(telemetry.StreamErrorRecognizer)
 	rec := sc.rec
 	sc.rec = nil
 	sc.closing.Add(1)

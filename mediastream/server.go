@@ -15,6 +15,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/twilio/twilio-go/client"
+
+	"github.com/consentline/consentline/internal/telemetry"
 )
 
 // Defaults for Config's zero values.
@@ -47,6 +49,8 @@ type Config struct {
 	MaxLag int
 
 	Logger *slog.Logger
+	// Metrics counts refused upgrades (nil: none).
+	Metrics *telemetry.Metrics
 
 	// Open is called once per stream, after its start message. It returns
 	// the stream's consumer: onFrame gets every aligned 20 ms slot in
@@ -190,6 +194,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// from our TwiML, whatever it is signed with.
 	if sig == "" || r.URL.RawQuery != "" || !s.validator.Validate(s.cfg.PublicURL, map[string]string{}, sig) {
 		s.unauthorized.Add(1)
+		s.cfg.Metrics.StreamRefused(telemetry.StreamRefusedSignature)
 		s.log.Warn("media stream refused: no valid Twilio signature", "path", r.URL.Path, "signature_present", sig != "")
 		http.Error(w, "invalid Twilio signature", http.StatusForbidden)
 		return
@@ -200,6 +205,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		closing := s.closing
 		s.mu.Unlock()
 		s.refused.Add(1)
+		s.cfg.Metrics.StreamRefused(telemetry.StreamRefusedCapacity)
 		s.log.Warn("media stream refused", "at_capacity", !closing, "shutting_down", closing, "max_streams", s.cfg.MaxStreams)
 		http.Error(w, "too many media streams", http.StatusServiceUnavailable)
 		return

@@ -55,7 +55,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		return err
 	}
 	app := ivr.New(cfg)
-	streams, err := mountStreams(app, cfg, s, log)
+	streams, err := mountStreams(app, cfg, s, log, metrics)
 	if err != nil {
 		return err
 	}
@@ -200,7 +200,7 @@ func newApp(ctx context.Context, s *settings, b *backends, log *slog.Logger) (iv
 // audio is measured (mediastream.Calls) and, with DEEPGRAM_API_KEY, its
 // answer recognized and decided; a stream's decision moves the call to
 // its read-back through app. It returns nil when streams are off.
-func mountStreams(app *ivr.Server, cfg ivr.Config, s *settings, log *slog.Logger) (*mediastream.Server, error) {
+func mountStreams(app *ivr.Server, cfg ivr.Config, s *settings, log *slog.Logger, metrics *telemetry.Metrics) (*mediastream.Server, error) {
 	if !s.MediaStreams {
 		return nil, nil
 	}
@@ -209,6 +209,7 @@ func mountStreams(app *ivr.Server, cfg ivr.Config, s *settings, log *slog.Logger
 		Scripts:        s.Scripts,
 		MoveToReadBack: app.MoveToReadBack,
 		Logger:         log,
+		Metrics:        metrics,
 	}
 	if s.DeepgramAPIKey != "" {
 		calls.Recognizer = deepgram.Recognizer{Config: deepgram.Config{APIKey: s.DeepgramAPIKey, URL: s.DeepgramURL, Logger: log}}
@@ -218,6 +219,7 @@ func mountStreams(app *ivr.Server, cfg ivr.Config, s *settings, log *slog.Logger
 		AuthToken:  s.AuthToken,
 		AccountSID: s.AccountSID,
 		Logger:     log,
+		Metrics:    metrics,
 		Open:       calls.Open,
 	})
 	if err != nil {

@@ -72,6 +72,7 @@ const (
 	StreamErrorRecognizer = "recognizer" // the speech recognizer failed for the stream
 	StreamErrorTimeout    = "timeout"    // no message within the stream's idle timeout
 	StreamErrorWrite      = "write"      // a message to Twilio could not be sent
+	StreamErrorTwilio     = "twilio"     // Twilio reported the stream failed (its stream-error status callback)
 
 	TrackInbound  = "inbound"  // the caller
 	TrackOutbound = "outbound" // what ConsentLine plays
@@ -88,7 +89,7 @@ var (
 	deliveries    = set(DeliveryDelivered, DeliveryRetry, DeliveryDead)
 	deadReasons   = set(DeadRejected, DeadExhausted, DeadInvalid)
 	streamRefusal = set(StreamRefusedSignature, StreamRefusedCapacity, StreamRefusedRequest)
-	streamErrors  = set(StreamErrorProtocol, StreamErrorAudio, StreamErrorRecognizer, StreamErrorTimeout, StreamErrorWrite)
+	streamErrors  = set(StreamErrorProtocol, StreamErrorAudio, StreamErrorRecognizer, StreamErrorTimeout, StreamErrorWrite, StreamErrorTwilio)
 	tracks        = set(TrackInbound, TrackOutbound)
 	// QueueStates are the River job states counted as the relay's queue.
 	queueStates = set("available", "pending", "retryable", "running", "scheduled")

@@ -21,7 +21,8 @@ func withStreams(cfg *ivr.Config) { cfg.MediaStreams = true }
 // redirect's URL.
 func startStreamed(t *testing.T, h *harness, c *twiliosim.Call) string {
 	t.Helper()
-	resp, err := c.Start(context.Background(), ivr.PathIncoming)
+	// Posted directly: Call.Start would follow the redirect.
+	resp, err := c.TwiML(context.Background(), publicBase+ivr.PathIncoming, c.Params(url.Values{"CallStatus": {"ringing"}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,22 +191,20 @@ func TestMoveToReadBack(t *testing.T) {
 	}
 }
 
-// startGatherAfterRedirect follows a streamed call's must-hear redirect to
-// its answer Gather.
+// startGatherAfterRedirect starts a streamed call as Twilio plays it,
+// following the must-hear redirect to the answer Gather.
 func (h *harness) startGatherAfterRedirect(c *twiliosim.Call) twiliosim.Verb {
 	h.t.Helper()
 	resp, err := c.Start(context.Background(), ivr.PathIncoming)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	red, _ := resp.Find("Redirect")
-	after, err := c.TwiML(context.Background(), red.Text, c.Params(nil))
-	if err != nil {
-		h.t.Fatal(err)
+	if _, ok := resp.Find("Stream"); !ok {
+		h.t.Fatalf("no stream:\n%s", resp.Raw)
 	}
-	g, ok := after.SpeechGather()
+	g, ok := resp.SpeechGather()
 	if !ok {
-		h.t.Fatalf("no Gather after the redirect:\n%s", after.Raw)
+		h.t.Fatalf("no Gather after the redirect:\n%s", resp.Raw)
 	}
 	return g
 }

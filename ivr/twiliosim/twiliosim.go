@@ -105,10 +105,25 @@ func (c *Call) Params(extra url.Values) url.Values {
 	return p
 }
 
-// Start posts the incoming-call webhook at path and returns its TwiML.
+// Start posts the incoming-call webhook at path and returns its TwiML. As
+// Twilio does, it follows a <Redirect> that ends a document (with media
+// streams on, the one marking the end of the disclosure's must-hear part),
+// at once rather than after the speech before it; the Response holds the
+// verbs of every document in order, as the caller hears them.
 func (c *Call) Start(ctx context.Context, path string) (*Response, error) {
 	p := c.Params(url.Values{"CallStatus": {"ringing"}})
-	return c.TwiML(ctx, strings.TrimRight(c.Twilio.PublicBaseURL, "/")+path, p)
+	resp, err := c.TwiML(ctx, strings.TrimRight(c.Twilio.PublicBaseURL, "/")+path, p)
+	for i := 0; err == nil && i < 3; i++ {
+		last := len(resp.Verbs) - 1
+		if last < 0 || resp.Verbs[last].Name != "Redirect" {
+			break
+		}
+		var next *Response
+		if next, err = c.TwiML(ctx, resp.Verbs[last].Text, c.Params(nil)); err == nil {
+			resp = &Response{Raw: append(append(resp.Raw, '\n'), next.Raw...), Verbs: append(resp.Verbs[:last:last], next.Verbs...)}
+		}
+	}
+	return resp, err
 }
 
 // TwiML posts to fullURL and parses the TwiML answer; a non-200 answer is an

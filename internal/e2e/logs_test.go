@@ -114,6 +114,9 @@ var logScripts = []callScript{
 				return fmt.Errorf("no language Gather:\n%s", resp.Raw)
 			}
 			resp, err = c.TwiML(ctx, lang.Attr("action"), c.Params(url.Values{"Digits": {"9"}}))
+			if err == nil {
+				resp, err = c.Follow(ctx, resp)
+			}
 			if err != nil {
 				return err
 			}

@@ -105,25 +105,36 @@ func (c *Call) Params(extra url.Values) url.Values {
 	return p
 }
 
-// Start posts the incoming-call webhook at path and returns its TwiML. As
-// Twilio does, it follows a <Redirect> that ends a document (with media
-// streams on, the one marking the end of the disclosure's must-hear part),
-// at once rather than after the speech before it; the Response holds the
-// verbs of every document in order, as the caller hears them.
+// Start posts the incoming-call webhook at path and returns its TwiML,
+// followed as Follow does.
 func (c *Call) Start(ctx context.Context, path string) (*Response, error) {
 	p := c.Params(url.Values{"CallStatus": {"ringing"}})
 	resp, err := c.TwiML(ctx, strings.TrimRight(c.Twilio.PublicBaseURL, "/")+path, p)
-	for i := 0; err == nil && i < 3; i++ {
+	if err != nil {
+		return nil, err
+	}
+	return c.Follow(ctx, resp)
+}
+
+// Follow does what Twilio does at a <Redirect> that ends a document (with
+// media streams on, the one marking the end of the disclosure's must-hear
+// part): it fetches the next document, at once rather than after the
+// speech before it. The Response holds the verbs of every document in
+// order, as the caller hears them. A document not ending in a redirect is
+// returned as it is.
+func (c *Call) Follow(ctx context.Context, resp *Response) (*Response, error) {
+	for range 3 {
 		last := len(resp.Verbs) - 1
 		if last < 0 || resp.Verbs[last].Name != "Redirect" {
 			break
 		}
-		var next *Response
-		if next, err = c.TwiML(ctx, resp.Verbs[last].Text, c.Params(nil)); err == nil {
-			resp = &Response{Raw: append(append(resp.Raw, '\n'), next.Raw...), Verbs: append(resp.Verbs[:last:last], next.Verbs...)}
+		next, err := c.TwiML(ctx, resp.Verbs[last].Text, c.Params(nil))
+		if err != nil {
+			return nil, err
 		}
+		resp = &Response{Raw: append(append(resp.Raw, '\n'), next.Raw...), Verbs: append(resp.Verbs[:last:last], next.Verbs...)}
 	}
-	return resp, err
+	return resp, nil
 }
 
 // TwiML posts to fullURL and parses the TwiML answer; a non-200 answer is an

@@ -29,6 +29,7 @@ import (
 	"github.com/consentline/consentline/internal/testdb"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
+	"github.com/consentline/consentline/mediastream"
 	"github.com/consentline/consentline/relay"
 	"github.com/consentline/consentline/twiml"
 )
@@ -79,6 +80,12 @@ type clusterOptions struct {
 	// callCompleted relays status callbacks' call.completed events, as
 	// serve does (a relay on the instance's pool; its workers not started).
 	callCompleted bool
+	// streams turns media streams on, as serve does by default: the TwiML
+	// starts one, and each instance serves it at ivr.PathStream.
+	streams bool
+	// recognizer, with streams, recognizes each stream's answer (a local
+	// Deepgram stand-in).
+	recognizer mediastream.Recognizer
 }
 
 // cluster is several ConsentLine instances sharing one PostgreSQL database
@@ -135,6 +142,9 @@ type instance struct {
 	redis  *redis.Client
 	srv    *httptest.Server
 	twilio *twiliosim.Twilio
+	svc    *consent.Service
+	// streams serves the media streams (clusterOptions.streams).
+	streams *mediastream.Server
 }
 
 func newCluster(t testing.TB, o clusterOptions) *cluster {
@@ -213,11 +223,22 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 			}
 			cfg.CallCompleted = callCompleted(rel)
 		}
+		in.svc = cfg.Consent
+		if o.streams {
+			cfg.MediaStreams = true
+			cfg.UpdateCallURL = ivr.TwilioUpdateCallURL(c.twilioAPI())
+		}
 		in.app = ivr.New(cfg)
+		if o.streams {
+			in.streams = mountStreams(t, in.app, cfg, c.lib, o.recognizer, log.With("instance", i))
+		}
 		in.srv = httptest.NewServer(c.timed(in.app))
 		in.twilio = &twiliosim.Twilio{PublicBaseURL: publicBase, Target: in.srv.URL, AuthToken: authToken, AccountSID: accountSID, HTTP: c.http}
 		c.instances = append(c.instances, in)
 		t.Cleanup(func() {
+			if in.streams != nil {
+				_ = in.streams.Close() // before the store: streams save as they end
+			}
 			in.srv.Close()
 			_ = locker.Close()
 			_ = in.redis.Close()

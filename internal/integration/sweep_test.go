@@ -27,6 +27,9 @@ type twilioREST struct {
 	status   map[string]string
 	fetched  map[string]int
 	rejected int
+	// updated lists each Update Call (POST …/Calls/{Sid}.json with Url and
+	// Method) as "sid url", in order.
+	updated []string
 }
 
 func (c *cluster) startTwilioREST() {
@@ -37,6 +40,18 @@ func (c *cluster) startTwilioREST() {
 		sid, isCall := strings.CutSuffix(strings.TrimPrefix(r.URL.Path, prefix), ".json")
 		tr.mu.Lock()
 		defer tr.mu.Unlock()
+		if r.Method == http.MethodPost && ok && user == accountSID && pass == authToken && strings.HasPrefix(r.URL.Path, prefix) && isCall {
+			// Update Call: redirect a live call to new TwiML.
+			if err := r.ParseForm(); err != nil || r.PostForm.Get("Method") != http.MethodPost || !strings.HasPrefix(r.PostForm.Get("Url"), publicBase+"/") {
+				tr.rejected++
+				http.Error(w, `{"code":21205,"message":"Url is not a valid URL","status":400}`, http.StatusBadRequest)
+				return
+			}
+			tr.updated = append(tr.updated, sid+" "+r.PostForm.Get("Url"))
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{"sid": sid, "account_sid": accountSID, "status": "in-progress"})
+			return
+		}
 		if r.Method != http.MethodGet || !ok || user != accountSID || pass != authToken || !strings.HasPrefix(r.URL.Path, prefix) || !isCall {
 			tr.rejected++
 			http.Error(w, `{"code":20003,"message":"Authenticate","status":401}`, http.StatusUnauthorized)
@@ -54,6 +69,12 @@ func (c *cluster) startTwilioREST() {
 	}))
 	c.rest = tr
 	c.t.Cleanup(tr.srv.Close)
+}
+
+func (tr *twilioREST) updates() []string {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return append([]string(nil), tr.updated...)
 }
 
 func (tr *twilioREST) set(sid, status string) {

@@ -16,10 +16,10 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/consentline/consentline/consent"
+	"github.com/consentline/consentline/internal/democall"
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/telemetry"
 	"github.com/consentline/consentline/ivr"
@@ -74,36 +74,72 @@ func demo(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// The caller's timing is simulated: the demo moves the server's clock
-	// as the call would move on, instead of waiting out the disclosure.
-	clock := &demoClock{now: time.Now()}
-	cfg.Now = clock.Now
-	srv := &http.Server{Handler: httpHandler(ivr.New(cfg), log, metrics, ""), ErrorLog: httpErrorLog(log), ReadHeaderTimeout: 5 * time.Second}
+	s.MediaStreams = true
+	cfg.MediaStreams = true
+	app := ivr.New(cfg)
+	streams, err := mountStreams(app, cfg, s, log, metrics)
+	if err != nil {
+		return err
+	}
+	defer streams.Close()
+	srv := &http.Server{Handler: httpHandler(app, log, metrics, ""), ErrorLog: httpErrorLog(log), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 
 	p := &printer{w: stdout}
 	p.f("ConsentLine demo: a server on the embedded database at %s (data in %s),\n", base, dir)
-	p.f("and a simulated Twilio playing one call against it with signed webhooks.\n\n")
+	p.f("and a simulated Twilio playing one call against it: signed webhooks, and the call's audio\n")
+	p.f("on a media stream at real time (about 8 s; synthetic sound, generated for the demo).\n\n")
 
-	tw := &twiliosim.Twilio{PublicBaseURL: base, AuthToken: s.AuthToken, AccountSID: s.AccountSID}
+	tw := &twiliosim.Twilio{PublicBaseURL: base, Target: base, AuthToken: s.AuthToken, AccountSID: s.AccountSID}
 	call := &twiliosim.Call{Twilio: tw, SID: "CA" + hex.EncodeToString(randomBytes(16)), From: "+14155550123", To: "+18005550199"}
 
 	p.f("☎  Twilio → POST /voice/incoming (call %s)\n", call.SID)
-	resp, err := call.Start(ctx, ivr.PathIncoming)
+	resp, err := call.TwiML(ctx, base+ivr.PathIncoming, call.Params(url.Values{"CallStatus": {"ringing"}}))
+	if err != nil {
+		return err
+	}
+	p.spoken(resp)
+	stream, ok := resp.Find("Stream")
+	mustHear, ok2 := resp.Find("Redirect")
+	if !ok || !ok2 {
+		return errors.New("the incoming TwiML starts no media stream")
+	}
+
+	// Twilio opens the stream before the disclosure's first <Say> and sends
+	// both tracks, 20 ms at a time: what the caller hears (the disclosure)
+	// and what their line sends back (its echo, then the caller talking
+	// over it).
+	audio := democall.Generate()
+	params := map[string]string{}
+	for _, prm := range stream.Children {
+		params[prm.Attr("name")] = prm.Attr("value")
+	}
+	started := time.Now()
+	played := make(chan error, 1)
+	go func() {
+		_, err := tw.Stream(ctx, stream.Attr("url"), twiliosim.StreamPlay{CallSID: call.SID, CustomParameters: params,
+			Inbound: audio.Inbound, Outbound: audio.Outbound, Realtime: true, StopAfter: 7200 / 20})
+		played <- err
+	}()
+	p.f("\n🎧 Twilio ⇄ wss %s (both tracks, real time)\n", pathOf(strings.Replace(stream.Attr("url"), "wss://", "https://", 1)))
+
+	// The must-hear part has played: Twilio follows the <Redirect> after it,
+	// and that request marks the moment.
+	time.Sleep(time.Until(started.Add(3 * time.Second)))
+	p.f("   Twilio → POST %s (the must-hear part has played)\n", pathOf(mustHear.Text))
+	resp, err = call.TwiML(ctx, mustHear.Text, call.Params(nil))
 	if err != nil {
 		return err
 	}
 	p.spoken(resp)
 	gather, ok := resp.SpeechGather()
 	if !ok {
-		return errors.New("the incoming TwiML has no speech <Gather>")
+		return errors.New("the must-hear redirect has no speech <Gather>")
 	}
 
-	// The caller cuts in partway through the interruptible part.
-	script := s.Scripts.Default()
-	clock.advance(time.Duration(s.Scripts.GreetingMS(script)+script.MustHearMS()+script.InterruptibleMS()*2/5) * time.Millisecond)
-	p.f("\n🗣  Caller (interrupting the disclosure): \"yes I agree\"\n")
+	time.Sleep(time.Until(started.Add(time.Duration(audio.CallerOnsetMS+400) * time.Millisecond)))
+	p.f("\n🗣  Caller (talking over the disclosure, %.2f s into the stream): \"yes I agree\"\n", float64(audio.CallerOnsetMS)/1000)
 	for _, partial := range []struct{ text, stability string }{{"yes", "0.40"}, {"yes I agree", "0.90"}} {
 		status, _, err := tw.Post(ctx, gather.Attr("partialResultCallback"), call.Params(url.Values{
 			"UnstableSpeechResult": {partial.text}, "Stability": {partial.stability}, "SequenceNumber": {"1"},
@@ -113,7 +149,9 @@ func demo(ctx context.Context, stdout, stderr io.Writer) error {
 		}
 		p.f("   Twilio → POST %s (partial %q, stability %s) ← %d: a partial never decides\n", pathOf(gather.Attr("partialResultCallback")), partial.text, partial.stability, status)
 	}
-	clock.advance(1200 * time.Millisecond)
+	if err := <-played; err != nil {
+		return fmt.Errorf("playing the media stream: %w", err)
+	}
 	p.f("   Twilio → POST %s (final SpeechResult, Confidence 0.94)\n", pathOf(gather.Attr("action")))
 	resp, err = call.TwiML(ctx, gather.Attr("action"), call.Params(url.Values{
 		"SpeechResult": {"yes I agree"}, "Confidence": {"0.94"},
@@ -125,6 +163,7 @@ func demo(ctx context.Context, stdout, stderr io.Writer) error {
 	if !resp.HangsUp() {
 		return errors.New("the read-back does not end the call")
 	}
+	script := s.Scripts.Default()
 
 	status, _, err := tw.Post(ctx, base+ivr.PathStatus, call.Params(url.Values{"CallStatus": {"completed"}, "CallDuration": {"41"}}))
 	if err != nil {
@@ -137,6 +176,16 @@ func demo(ctx context.Context, stdout, stderr io.Writer) error {
 		return fmt.Errorf("reading the record back: %w", err)
 	}
 	p.record(rec, keys)
+	evidence, err := cfg.Consent.Evidence(ctx, call.SID)
+	if err != nil {
+		return err
+	}
+	for _, e := range evidence {
+		m := e.Measurement
+		p.f("\nMeasured on the media stream (true onsets of the generated audio: disclosure %d ms, caller %d ms):\n", audio.PromptOnsetMS, audio.CallerOnsetMS)
+		p.f("  disclosure speech began %d ms into the stream; the caller's answer %d–%d ms (echo of the disclosure ignored)\n", m.PromptOnsetMS, m.AnswerOnsetMS, m.AnswerEndMS)
+		p.f("  the answer's audio, %.2f s, is stored sealed beside the record: consentline evidence %s --out answer.wav\n", float64(len(e.Audio))/8000, call.SID)
+	}
 
 	// The same transaction wrote the relay event to the audit log (and,
 	// with ZAPIER_WEBHOOK_URL set, queued its delivery).
@@ -173,23 +222,6 @@ func demo(ctx context.Context, stdout, stderr io.Writer) error {
 			cp.Chain, cp.Seq, cp.Hash, cp.SignedAt, cp.KeyID, cp.Signature)
 	}
 	return p.err
-}
-
-type demoClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *demoClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *demoClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }
 
 // printer writes the conversation, keeping the first write error.

@@ -103,7 +103,8 @@ func TestSettingsValid(t *testing.T) {
 	}
 }
 
-// The README's run command: a whole call, one record, exit 0.
+// The README's run command: a whole call with its media stream, one record
+// with measured timings, exit 0.
 func TestDemo(t *testing.T) {
 	t.Setenv("TMPDIR", t.TempDir())
 	var stdout, stderr bytes.Buffer
@@ -116,7 +117,11 @@ func TestDemo(t *testing.T) {
 		regexp.MustCompile(`source\s+speech\b`),
 		regexp.MustCompile(`barge_in\s+true`),
 		regexp.MustCompile(`must_hear_complete\s+true`),
-		regexp.MustCompile(`timing\s+estimated`),
+		regexp.MustCompile(`timing\s+measured`),
+		// The generated answer starts 5230 ms into the stream, the
+		// disclosure 300 ms: 4930 ms heard, measured to a frame or two.
+		regexp.MustCompile(`disclosure_heard_ms\s+49[0-9]{2}\b`),
+		regexp.MustCompile(`answer's audio, [0-9.]+ s, is stored sealed`),
 		regexp.MustCompile(`transcript \(DECRYPTED PII\)\s+yes I agree`),
 		regexp.MustCompile(`must hear`),
 		regexp.MustCompile(`hangs up`),

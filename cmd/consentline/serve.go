@@ -194,7 +194,7 @@ const (
 // delivery when ZAPIER_WEBHOOK_URL is set.
 func newRelay(s *settings, db *database, pseudonyms *pii.Pseudonymizer, log *slog.Logger) (*relay.Relay, error) {
 	cfg := relay.Config{
-		Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: s.RelayPII, RescueAfter: s.RelayRescueAfter, Logger: log,
+		Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: s.RelayPII, RescueAfter: s.RelayRescueAfter, RateLimit: s.RelayRateLimit, Logger: log,
 		WebhookURL: s.ZapierWebhookURL, Signer: s.RelaySigner,
 	}
 	return db.newRelay(cfg)

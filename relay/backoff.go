@@ -17,16 +17,27 @@ type Backoff struct {
 	Base time.Duration
 	Cap  time.Duration
 	Span time.Duration
-	// MaxRetryAfter bounds how long a receiver's Retry-After is honoured.
+	// MaxRetryAfter bounds how long a receiver's Retry-After is honoured
+	// (a snooze, see deliverWorker): a longer one is taken as this long.
 	MaxRetryAfter time.Duration
 
 	Now  func() time.Time
 	Rand func() float64 // in [0, 1)
 }
 
-// DefaultBackoff: 30 s doubling to 1 h, for at least 24 h.
+// DefaultBackoff: 30 s doubling to 1 h, for at least 24 h; a Retry-After
+// is honoured up to 1 h, the longest the backoff itself ever waits (Zapier's
+// own rate limit counts 5-minute windows).
 func DefaultBackoff() Backoff {
-	return Backoff{Base: 30 * time.Second, Cap: time.Hour, Span: 24 * time.Hour, MaxRetryAfter: 6 * time.Hour}
+	return Backoff{Base: 30 * time.Second, Cap: time.Hour, Span: 24 * time.Hour, MaxRetryAfter: time.Hour}
+}
+
+// capRetryAfter bounds a receiver's Retry-After by MaxRetryAfter.
+func (b Backoff) capRetryAfter(d time.Duration) time.Duration {
+	if b.MaxRetryAfter > 0 {
+		return min(d, b.MaxRetryAfter)
+	}
+	return d
 }
 
 // ceiling returns the un-jittered delay after the n-th failure (n >= 1).
@@ -85,9 +96,5 @@ func (b Backoff) now() time.Time {
 // the larger of the two both honours the receiver and keeps the ≥Span
 // guarantee, which a short Retry-After would otherwise erode.
 func (b Backoff) NextRetryAfter(n int, retryAfter time.Duration) time.Time {
-	d := b.Delay(n)
-	if b.MaxRetryAfter > 0 {
-		retryAfter = min(retryAfter, b.MaxRetryAfter)
-	}
-	return b.now().Add(max(d, retryAfter))
+	return b.now().Add(max(b.Delay(n), b.capRetryAfter(retryAfter)))
 }

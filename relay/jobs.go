@@ -2,9 +2,10 @@ package relay
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/riverqueue/river"
@@ -38,29 +39,33 @@ func (DeliverArgs) InsertOpts() river.InsertOpts {
 // is delivered; a Retry outcome is a returned error, rescheduled by
 // NextRetry; a Dead outcome is river.JobCancel, River's dead letter state,
 // which `relay list --failed` shows and `relay replay` re-queues.
+//
+// Waiting is a snooze (river.JobSnooze), never a held worker or a failure:
+// a delivery whose turn at the hook is more than MaxPaceWait away, one the
+// receiver answered 429 or 5xx with a Retry-After, and one still running
+// when the relay stops (handed back to the queue, available at once). In
+// River v0.51.2 a snooze does not use up an attempt (River decrements the
+// attempt it had counted, leaves max_attempts alone, records no error and
+// counts snoozes in the job's metadata as "snoozes"), so the attempt budget
+// and the backoff (len(job.Errors)) count only real failures; the
+// snoozes' own bound is maxRetryAfterSnoozes.
 type deliverWorker struct {
 	river.WorkerDefaults[DeliverArgs]
 	r *Relay
-
-	// worked carries a receiver's Retry-After (or 0) from Work to the
-	// NextRetry call River makes right after it for the same job, because
-	// NextRetry does not see the error Work returned. A job with no entry
-	// was not worked by this process: River's rescuer is retrying a
-	// delivery left running by a process that died (see NextRetry).
-	worked sync.Map // job id -> time.Duration
 }
 
+// maxRetryAfterSnoozes: a delivery the receiver keeps answering with a
+// Retry-After is dead-lettered once it has been snoozed this often and is
+// older than the backoff's span (24 h), the time a failing delivery is
+// retried; either alone could be a healthy backlog meeting a rate limit.
+const maxRetryAfterSnoozes = 100
+
 func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) error {
-	w.worked.Store(job.ID, time.Duration(0))
 	err := w.work(ctx, job)
 	var cancel *river.JobCancelError
-	if err != nil && !errors.As(err, &cancel) && job.Attempt >= job.MaxAttempts {
+	var snooze *river.JobSnoozeError
+	if err != nil && !errors.As(err, &cancel) && !errors.As(err, &snooze) && job.Attempt >= job.MaxAttempts {
 		w.r.cfg.Metrics.RelayDeadLetter(telemetry.DeadExhausted)
-	}
-	if err == nil || errors.As(err, &cancel) || job.Attempt >= job.MaxAttempts {
-		// Delivered, dead-lettered or out of attempts: River makes no
-		// NextRetry call. (A panic leaves the entry for the one it makes.)
-		w.worked.Delete(job.ID)
 	}
 	return err
 }
@@ -72,19 +77,25 @@ func (w *deliverWorker) work(ctx context.Context, job *river.Job[DeliverArgs]) e
 		return river.JobCancel(err)
 	}
 	if err != nil {
-		return err // the database: worth retrying
+		return handBack(ctx, err) // the database: worth retrying
 	}
 	body, err := deliveryBody(e.Event, w.r.cfg.PII)
 	if err != nil {
 		w.r.cfg.Metrics.RelayDeadLetter(telemetry.DeadInvalid)
 		return river.JobCancel(err)
 	}
+	if snooze, err := w.r.pace.wait(ctx, MaxPaceWait); err != nil {
+		return handBack(ctx, err)
+	} else if snooze > 0 {
+		return river.JobSnooze(snooze)
+	}
 	a := w.r.zapier.Deliver(ctx, e.EventID, body)
 	w.r.cfg.Metrics.RelayAttempt(a.Outcome.String())
 	w.r.log.InfoContext(ctx, "relay delivery",
 		slog.String("event_id", e.EventID), slog.String("type", e.Type),
 		slog.Int("attempt", job.Attempt), slog.Int("max_attempts", job.MaxAttempts),
-		slog.String("outcome", a.Outcome.String()), slog.Int("status", a.Status))
+		slog.String("outcome", a.Outcome.String()), slog.Int("status", a.Status),
+		slog.Duration("retry_after", a.RetryAfter))
 	switch a.Outcome {
 	case Delivered:
 		// Real time since River queued the job (its row's created_at).
@@ -94,25 +105,60 @@ func (w *deliverWorker) work(ctx context.Context, job *river.Job[DeliverArgs]) e
 		w.r.cfg.Metrics.RelayDeadLetter(telemetry.DeadRejected)
 		return river.JobCancel(a.Err)
 	}
-	if a.RetryAfter > 0 && job.Attempt < job.MaxAttempts {
-		w.worked.Store(job.ID, a.RetryAfter)
+	if a.RetryAfter > 0 {
+		d := w.r.backoff.capRetryAfter(a.RetryAfter)
+		w.r.pace.pause(d)
+		if snoozes(job.Metadata) >= maxRetryAfterSnoozes && w.r.backoff.now().Sub(job.CreatedAt) > w.r.backoff.Span {
+			return river.JobCancel(fmt.Errorf("%w, with Retry-After, for over %s and %d snoozes: given up", a.Err, w.r.backoff.Span, maxRetryAfterSnoozes))
+		}
+		return river.JobSnooze(d)
 	}
-	return a.Err
+	return handBack(ctx, a.Err)
 }
 
-// NextRetry applies the relay's Backoff, honouring Retry-After. A job this
-// process did not just work is one River's rescuer found still running
-// after RescueAfter, its process gone: the receiver did not fail it, the
-// rescue window has already spaced it out, so it is retried at once rather
-// than after a further backoff step.
+// handBack turns a failure caused by the relay stopping (River cancels the
+// job's context in StopAndCancel) into a snooze of 0: the job is available
+// again at once, to this instance's successor or another, and the cut-off
+// attempt is not counted. Any other failure is returned as it is.
+func handBack(ctx context.Context, err error) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return river.JobSnooze(0)
+	}
+	return err
+}
+
+// snoozes is River's count of a job's snoozes, kept in its metadata.
+func snoozes(metadata []byte) int {
+	var m struct {
+		Snoozes int `json:"snoozes"`
+	}
+	_ = json.Unmarshal(metadata, &m)
+	return m.Snoozes
+}
+
+// NextRetry applies the relay's Backoff after a failure. A job whose
+// attempt began at least rescueHorizon ago is one River's rescuer found
+// still running, its process gone (a job this process works fails within
+// its job timeout): the receiver did not fail it and the rescue window has
+// already spaced it out, so it is retried at once rather than after a
+// further backoff step.
 func (w *deliverWorker) NextRetry(job *river.Job[DeliverArgs]) time.Time {
-	v, worked := w.worked.LoadAndDelete(job.ID)
-	if !worked {
-		return w.r.backoff.now()
+	now := w.r.backoff.now()
+	if job.AttemptedAt != nil && now.Sub(*job.AttemptedAt) >= w.rescueHorizon() {
+		return now
 	}
 	// job.Errors does not yet hold the failure being scheduled, hence +1;
-	// counting errors rather than attempts keeps snoozes out of it.
-	return w.r.backoff.NextRetryAfter(len(job.Errors)+1, v.(time.Duration))
+	// snoozes add no errors, so they stay out of it.
+	return w.r.backoff.NextRetryAfter(len(job.Errors)+1, 0)
+}
+
+// rescueHorizon lies between the job timeout (the longest a worked attempt
+// runs) and RescueAfter (the shortest a rescued one ran), halfway, so that
+// neither a slow attempt nor some clock skew between the database and this
+// process is taken for the other.
+func (w *deliverWorker) rescueHorizon() time.Duration {
+	jt := JobTimeout(w.r.zapier.timeout())
+	return jt + (w.r.cfg.RescueAfter-jt)/2
 }
 
 // Timeout is JobTimeout: River's job context lives a little longer than the

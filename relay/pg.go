@@ -117,5 +117,6 @@ func (p *pgBackend) list(ctx context.Context, params *river.JobListParams) ([]De
 	return deliveries(res.Jobs), nil
 }
 
-func (p *pgBackend) start(ctx context.Context) error { return p.client.Start(ctx) }
-func (p *pgBackend) stop(ctx context.Context) error  { return p.client.Stop(ctx) }
+func (p *pgBackend) start(ctx context.Context) error         { return p.client.Start(ctx) }
+func (p *pgBackend) stop(ctx context.Context) error          { return p.client.Stop(ctx) }
+func (p *pgBackend) stopAndCancel(ctx context.Context) error { return p.client.StopAndCancel(ctx) }

@@ -158,6 +158,10 @@ type Config struct {
 	Backoff Backoff
 	// Workers is how many deliveries run at once (default DefaultWorkers).
 	Workers int
+	// RateLimit paces deliveries to the hook, in requests per second
+	// (RELAY_RATE_LIMIT; 0: DefaultRateLimit): a burst of events queues
+	// instead of drawing a storm of 429s. See pacer.
+	RateLimit float64
 	// PollInterval is how often River looks for due jobs besides being
 	// woken by inserts (default: River's, 1 s).
 	PollInterval time.Duration
@@ -228,6 +232,7 @@ type Relay struct {
 	b             backend
 	calls         *groupcommit.Committer[Event, bool] // RecordCallCompleted's batches
 	zapier        *Zapier
+	pace          *pacer
 	backoff       Backoff
 	log           *slog.Logger
 }
@@ -243,6 +248,7 @@ type backend interface {
 	list(ctx context.Context, p *river.JobListParams) ([]Delivery, error)
 	start(ctx context.Context) error
 	stop(ctx context.Context) error
+	stopAndCancel(ctx context.Context) error
 	// queueDepth counts the delivery jobs in each River state.
 	queueDepth(ctx context.Context, states []string) (map[string]int64, error)
 }
@@ -270,6 +276,9 @@ func newRelay(cfg Config) (*Relay, error) {
 	}
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = DefaultAttemptTimeout
+	}
+	if cfg.RateLimit < 0 || cfg.RateLimit > MaxRateLimit {
+		return nil, fmt.Errorf("relay: RateLimit %g is outside (0, %d] requests per second", cfg.RateLimit, MaxRateLimit)
 	}
 	if cfg.RescueAfter == 0 {
 		cfg.RescueAfter = DefaultRescueAfter(cfg.AttemptTimeout)
@@ -299,6 +308,7 @@ func newRelay(cfg Config) (*Relay, error) {
 		clockInjected: clockInjected,
 		outbox:        ob,
 		zapier:        &Zapier{URL: cfg.WebhookURL, Signer: cfg.Signer, Client: client, Timeout: cfg.AttemptTimeout, Now: cfg.Now},
+		pace:          newPacer(cfg.RateLimit),
 		backoff:       b,
 		log:           log,
 	}, nil
@@ -371,12 +381,36 @@ func (r *Relay) Start(ctx context.Context) error {
 	return r.b.start(ctx)
 }
 
-// Stop stops the workers, letting running deliveries finish until ctx ends.
+// HandBackMargin is how long before Stop's deadline the deliveries still
+// running are cut off and handed back to the queue.
+const HandBackMargin = time.Second
+
+// Stop stops fetching deliveries and lets the running ones finish until
+// HandBackMargin before ctx's deadline (or ctx's end, with no deadline);
+// then it cancels those still running, which hand their jobs back to the
+// queue (a snooze of 0: available at once to any instance, the cut-off
+// attempt not counted; a receiver that got the request anyway sees it
+// again with the same webhook-id), and waits for that until ctx ends.
 func (r *Relay) Stop(ctx context.Context) error {
 	if !r.Delivering() {
 		return nil
 	}
-	return r.b.stop(ctx)
+	soft := ctx
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		soft, cancel = context.WithDeadline(ctx, dl.Add(-HandBackMargin))
+		defer cancel()
+	}
+	if err := r.b.stop(soft); err == nil {
+		return nil
+	}
+	// Out of time (River's Stop returns only ctx's error): cancel the
+	// running deliveries, even when ctx is already done and there is no
+	// waiting for them.
+	if err := r.b.stopAndCancel(ctx); err != nil {
+		return fmt.Errorf("relay: deliveries still running at shutdown: %w", err)
+	}
+	return nil
 }
 
 // RecordCallCompleted audits the call.completed event for a finished call

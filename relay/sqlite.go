@@ -96,5 +96,6 @@ func (s *sqliteBackend) list(ctx context.Context, p *river.JobListParams) ([]Del
 	return deliveries(res.Jobs), nil
 }
 
-func (s *sqliteBackend) start(ctx context.Context) error { return s.client.Start(ctx) }
-func (s *sqliteBackend) stop(ctx context.Context) error  { return s.client.Stop(ctx) }
+func (s *sqliteBackend) start(ctx context.Context) error         { return s.client.Start(ctx) }
+func (s *sqliteBackend) stop(ctx context.Context) error          { return s.client.Stop(ctx) }
+func (s *sqliteBackend) stopAndCancel(ctx context.Context) error { return s.client.StopAndCancel(ctx) }

@@ -36,6 +36,7 @@ type envOpts struct {
 	respond func(n int, w http.ResponseWriter, r *http.Request, body []byte)
 	pii     PIIMode
 	metrics *telemetry.Metrics
+	rate    float64 // Config.RateLimit
 }
 
 func testConfig(t *testing.T, k *pii.Keyring, clock *fakeClock, hook *catchHook, o envOpts) (Config, *syncWriter) {
@@ -52,6 +53,7 @@ func testConfig(t *testing.T, k *pii.Keyring, clock *fakeClock, hook *catchHook,
 		Signer:        signer,
 		Backoff:       b,
 		PollInterval:  20 * time.Millisecond,
+		RateLimit:     o.rate,
 		Now:           clock.Now,
 		Logger:        slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Metrics:       o.metrics,
@@ -187,7 +189,8 @@ func TestSQLiteRetryDeadLetterReplay(t *testing.T) {
 
 func runRetryDeadLetterReplay(t *testing.T, e *env) {
 	ctx := context.Background()
-	// Event 1 meets a 503 with Retry-After 120; event 2 a 422.
+	// Event 1 meets a 503, event 2 a 422; at the end event 3 a 503 with
+	// Retry-After 120 (which holds back the whole hook, so it comes last).
 	var mu sync.Mutex
 	byID := map[string]int{}
 	e.hook.respond = func(n int, w http.ResponseWriter, r *http.Request, body []byte) {
@@ -198,6 +201,8 @@ func runRetryDeadLetterReplay(t *testing.T, e *env) {
 		mu.Unlock()
 		switch {
 		case id == "rec_retry" && nth == 1:
+			w.WriteHeader(503)
+		case id == "rec_later" && nth == 1:
 			w.Header().Set("Retry-After", "120")
 			w.WriteHeader(503)
 		case id == "rec_dead" && nth == 1:
@@ -213,10 +218,9 @@ func runRetryDeadLetterReplay(t *testing.T, e *env) {
 	e.start(t)
 
 	d := e.waitState(t, "rec_retry", "retryable")
-	// 2 minutes asked for beats the first backoff step (15 s minimum here).
-	// (River keeps scheduled_at to the millisecond on SQLite.)
-	if want := e.clock.Now().Add(2 * time.Minute); d.NextAt.Sub(want).Abs() > time.Millisecond {
-		t.Errorf("next attempt at %s, want %s (Retry-After)", d.NextAt, want)
+	// The first backoff step: 15 s (the minimum, Rand 0).
+	if want := e.clock.Now().Add(DefaultBackoff().MinDelay(1)); d.NextAt.Before(want.Add(-time.Millisecond)) {
+		t.Errorf("next attempt at %s, want %s or later", d.NextAt, want)
 	}
 	if !strings.Contains(d.LastError, "503") || d.MaxAttempts != DefaultBackoff().MaxAttempts() {
 		t.Errorf("retryable delivery %+v", d)
@@ -253,6 +257,17 @@ func runRetryDeadLetterReplay(t *testing.T, e *env) {
 	// Replayed and delivered: no longer listed as failed.
 	if failed, _ := e.relay.ListFailed(ctx, 10); len(failed) != 1 || failed[0].EventID != "rec_retry" {
 		t.Fatalf("ListFailed after replay: %+v", failed)
+	}
+	if _, _, err := e.store.Record(ctx, record(t, e.keyring, "rec_later", "CA_rec_later")); err != nil {
+		t.Fatal(err)
+	}
+	// Retry-After is a snooze: scheduled 2 minutes on (River's clock is the
+	// real one here, ahead of the test's unmoved clock), no attempt used,
+	// no error recorded.
+	asked := time.Now()
+	later := e.waitState(t, "rec_later", "scheduled")
+	if later.NextAt.Before(asked.Add(2*time.Minute-time.Second)) || later.NextAt.After(time.Now().Add(2*time.Minute)) || later.Attempt != 0 || later.LastError != "" {
+		t.Errorf("snoozed delivery %+v, want scheduled 2 minutes after %s, attempt 0, no error", later, asked)
 	}
 	for _, phi := range []string{"8675309", "5551212", "agree", "eyJ"} {
 		if strings.Contains(e.logs.String(), phi) {

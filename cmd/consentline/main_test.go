@@ -49,6 +49,9 @@ func TestSettingsErrors(t *testing.T) {
 		{"bad threshold", map[string]string{"CONSENT_CONFIDENCE_THRESHOLD": "1.5"}, "CONSENT_CONFIDENCE_THRESHOLD"},
 		{"bad RELAY_PII", map[string]string{"RELAY_PII": "plain"}, "RELAY_PII must be encrypted (PII fields sent as JWE), omit (no PII fields at all), or empty"},
 		{"short RELAY_RESCUE_AFTER", map[string]string{"RELAY_RESCUE_AFTER": "10s"}, "RELAY_RESCUE_AFTER must be a duration longer than 15s"},
+		{"zero RELAY_RATE_LIMIT", map[string]string{"RELAY_RATE_LIMIT": "0"}, "RELAY_RATE_LIMIT must be a number of requests per second greater than 0"},
+		{"NaN RELAY_RATE_LIMIT", map[string]string{"RELAY_RATE_LIMIT": "NaN"}, "RELAY_RATE_LIMIT must be"},
+		{"huge RELAY_RATE_LIMIT", map[string]string{"RELAY_RATE_LIMIT": "30000"}, "at most 1000"},
 		{"zapier without secret", map[string]string{"ZAPIER_WEBHOOK_URL": "https://hooks.zapier.com/hooks/catch/1/abc/"}, "RELAY_SIGNING_SECRET is required"},
 		// 16 bytes: what relay.ParseSigningSecret used to accept while the
 		// settings wanted 24; now one check, Standard Webhooks' 24.

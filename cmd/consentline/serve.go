@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,10 +28,6 @@ import (
 	"github.com/consentline/consentline/mediastream/deepgram"
 	"github.com/consentline/consentline/relay"
 )
-
-// shutdownGrace is how long in-flight webhooks get to finish on SIGTERM
-// (Railway sends it on every deploy) before the server stops.
-const shutdownGrace = 10 * time.Second
 
 func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
 	s, err := loadSettings(getenv)
@@ -54,10 +51,28 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	if err != nil {
 		return err
 	}
+	// From SIGTERM on, /readyz answers 503, so a load balancer that checks
+	// it sends nothing new here while the drain runs.
+	var draining atomic.Bool
+	backendsReady := cfg.Ready
+	cfg.Ready = func(ctx context.Context) error {
+		if draining.Load() {
+			return ivr.NotReady{Backend: "shutting down", Err: errShuttingDown}
+		}
+		return backendsReady(ctx)
+	}
 	app := ivr.New(cfg)
+	// closeStreams closes what hijacked connections serve (http.Server's
+	// Shutdown neither waits for nor closes them): the media streams'
+	// websockets. Run in order, after new connections stop and before
+	// decision work is drained (a stream's end can still decide).
+	var closeStreams []func(context.Context) error
 	streams, err := mountStreams(app, cfg, s, log, metrics)
 	if err != nil {
 		return err
+	}
+	if streams != nil {
+		closeStreams = append(closeStreams, streams.Shutdown)
 	}
 	// The relay's workers outlive the request context: they stop after the
 	// HTTP server has drained, so a decision taken during shutdown is still
@@ -66,7 +81,9 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		return fmt.Errorf("starting the relay: %w", err)
 	}
 	defer func() {
-		stopCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		// On an early return; after a drain the relay has stopped already
+		// and this returns at once.
+		stopCtx, cancel := context.WithTimeout(context.Background(), drainRelay)
 		defer cancel()
 		if err := rel.Stop(stopCtx); err != nil {
 			log.Error("relay stop", "error", err)
@@ -94,7 +111,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 
 	srv := &http.Server{
 		Addr:              net.JoinHostPort("", strconv.Itoa(s.Port)),
-		Handler:           httpHandler(app, log, metrics, s.MetricsToken),
+		Handler:           closeWhenDraining(httpHandler(app, log, metrics, s.MetricsToken), &draining),
 		ErrorLog:          httpErrorLog(log),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
@@ -119,39 +136,121 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		return err
 	case <-ctx.Done():
 	}
-	log.Info("shutting down: finishing in-flight requests")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	// http.Server.Shutdown does not wait for upgraded connections: the
-	// media streams are closed (going away) and their last measurements
-	// saved before the stores close.
-	if streams != nil {
-		if err := streams.Shutdown(shutdownCtx); err != nil {
-			log.Error("closing media streams", "error", err)
+	log.Info("shutting down", "budget", drainBudget())
+	return drain(log, []drainPhase{
+		{"announce", drainAnnounce, func(ctx context.Context) error {
+			// /readyz answers 503 while webhooks are still served, each
+			// with Connection: close, until load balancers have seen it.
+			// (Not SetKeepAlivesEnabled(false): it closes idle connections
+			// at once, racing a request just sent on one.)
+			draining.Store(true)
+			<-ctx.Done()
+			return nil
+		}},
+		{"http", drainHTTP, func(ctx context.Context) error {
+			// No new connections; in-flight webhooks are answered.
+			if err := srv.Shutdown(ctx); err != nil {
+				return err
+			}
+			if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		}},
+		{"media streams", drainStreams, func(ctx context.Context) error {
+			var errs []error
+			for _, closeFn := range closeStreams {
+				errs = append(errs, closeFn(ctx))
+			}
+			return errors.Join(errs...)
+		}},
+		{"decisions", drainDecisions, func(ctx context.Context) error {
+			// Webhooks answered with a hold may have left decision work
+			// running; it must commit (or fail) before the relay and the
+			// stores close. The sweep stops first.
+			stopSweep()
+			<-sweepDone
+			return app.Drain(ctx)
+		}},
+		{"relay", drainRelay, func(ctx context.Context) error {
+			// River fetches nothing more; deliveries still running near the
+			// deadline are handed back to the queue.
+			return rel.Stop(ctx)
+		}},
+		{"checkpoint", drainCheckpoint, func(ctx context.Context) error {
+			// One last pass signing what the drained decisions appended.
+			stopCheckpoints()
+			<-cpDone
+			_, err := checkpoints.Checkpoint(ctx)
+			return err
+		}},
+	})
+}
+
+var errShuttingDown = errors.New("serve is shutting down (SIGTERM)")
+
+// closeWhenDraining answers with Connection: close once draining is set, so
+// clients open their next connection elsewhere before this server stops
+// accepting.
+func closeWhenDraining(h http.Handler, draining *atomic.Bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if draining.Load() {
+			w.Header().Set("Connection", "close")
 		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// The drain after SIGTERM. Railway sends SIGKILL drainingSeconds after
+// SIGTERM (railway.toml; Kubernetes' terminationGracePeriodSeconds and
+// Fly's kill_timeout are the same window), so the phases' budgets add up
+// to 2 s less, for the process to exit and the database to close. Each
+// phase has its own budget, counted from its start; time a phase leaves
+// unused shortens the drain rather than lengthening a later phase (the
+// relay's, above all: a delivery still running 2 s into it is handed back
+// and resent by the next instance with the same webhook-id, rather than
+// waited for until the attempt's own 10 s timeout counts it a failure).
+// TestDrainFitsRailway checks the sum against railway.toml.
+const (
+	drainAnnounce   = 1 * time.Second // /readyz 503 while still serving
+	drainHTTP       = 4 * time.Second // in-flight webhooks (each answered within 2 s)
+	drainStreams    = 2 * time.Second // media streams closed
+	drainDecisions  = 2 * time.Second // detached decision work (1 s timeout, plus the store's cancel grace)
+	drainRelay      = 3 * time.Second // running deliveries finish, or are handed back
+	drainCheckpoint = 1 * time.Second // the last checkpoint signed
+)
+
+// drainBudget is the whole drain: the phases' budgets added up.
+func drainBudget() time.Duration {
+	return drainAnnounce + drainHTTP + drainStreams + drainDecisions + drainRelay + drainCheckpoint
+}
+
+// drainPhase is one step of the drain.
+type drainPhase struct {
+	name   string
+	budget time.Duration
+	run    func(ctx context.Context) error
+}
+
+// drain runs the phases in order, each for at most its budget, and logs
+// how long each took. A phase that fails does not
+// stop the later ones (the relay still stops, the checkpoint is still
+// signed); its error is returned with the others.
+func drain(log *slog.Logger, phases []drainPhase) error {
+	var errs []error
+	for _, p := range phases {
+		began := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), p.budget)
+		err := p.run(ctx)
+		cancel()
+		if err != nil {
+			log.Error("shutdown phase failed", "phase", p.name, "took", time.Since(began), "error", err)
+			errs = append(errs, fmt.Errorf("shutdown: %s: %w", p.name, err))
+			continue
+		}
+		log.Info("shutdown phase done", "phase", p.name, "took", time.Since(began))
 	}
-	// Webhooks answered with a hold may have left decision work running;
-	// it must commit (or fail) before the deferred closes of the relay and
-	// the stores run. The sweep stops first.
-	stopSweep()
-	<-sweepDone
-	if err := app.Drain(shutdownCtx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	// Then the checkpoint loop, and one last pass signing what the drained
-	// decisions appended.
-	stopCheckpoints()
-	<-cpDone
-	if _, err := checkpoints.Checkpoint(shutdownCtx); err != nil {
-		log.Error("audit checkpoint at shutdown", "error", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // newApp wires the consent service and the relay over opened backends and
@@ -250,7 +349,8 @@ const (
 // delivery when ZAPIER_WEBHOOK_URL is set.
 func newRelay(s *settings, db *database, pseudonyms *pii.Pseudonymizer, log *slog.Logger) (*relay.Relay, error) {
 	cfg := relay.Config{
-		Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: s.RelayPII, RescueAfter: s.RelayRescueAfter, Logger: log, Metrics: db.metrics,
+		Keyring: s.Keys, Pseudonymizer: pseudonyms, PII: s.RelayPII, RescueAfter: s.RelayRescueAfter, RateLimit: s.RelayRateLimit,
+		Logger: log, Metrics: db.metrics,
 		WebhookURL: s.ZapierWebhookURL, Signer: s.RelaySigner,
 	}
 	return db.newRelay(cfg)

@@ -27,6 +27,7 @@ type settings struct {
 	RelayPII         relay.PIIMode
 	RelaySigner      *relay.Signer // set with ZapierWebhookURL
 	RelayRescueAfter time.Duration // 0: relay.DefaultRescueAfter
+	RelayRateLimit   float64       // requests per second to the hook
 
 	// AuditSigner is AUDIT_SIGNING_KEY's; nil: the key generated once and
 	// stored sealed in the database (auditSigner).
@@ -164,6 +165,14 @@ func (s *settings) loadRelay(getenv func(string) string) error {
 			return &settingError{"RELAY_RESCUE_AFTER", fmt.Sprintf("must be a duration longer than %s (a delivery's timeout), e.g. 30s, or empty for the default %s", floor, relay.DefaultRescueAfter(0))}
 		}
 		s.RelayRescueAfter = d
+	}
+	s.RelayRateLimit = relay.DefaultRateLimit
+	if v := strings.TrimSpace(getenv("RELAY_RATE_LIMIT")); v != "" {
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(r > 0) || r > relay.MaxRateLimit {
+			return &settingError{"RELAY_RATE_LIMIT", fmt.Sprintf("must be a number of requests per second greater than 0 and at most %d, e.g. 30 (Zapier allows 10,000 per 5 minutes per hook; divide by the number of instances)", relay.MaxRateLimit)}
+		}
+		s.RelayRateLimit = r
 	}
 	s.ZapierWebhookURL = strings.TrimSpace(getenv("ZAPIER_WEBHOOK_URL"))
 	if s.ZapierWebhookURL == "" {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/consentline/consentline/internal/democall"
 	"github.com/consentline/consentline/ivr/twiliosim"
 	"github.com/consentline/consentline/mediastream"
 )
@@ -26,8 +27,8 @@ import (
 // digit strings allow leading zeros), so a benchmark can count them up in
 // place without allocating.
 type mediaTemplate struct {
-	msg                  []byte
-	seqAt, chunkAt, tsAt int
+	msg                             []byte
+	seqAt, chunkAt, tsAt, payloadAt int
 }
 
 const numWidth = 12
@@ -40,9 +41,14 @@ func newMediaTemplate(streamSID, track string) *mediaTemplate {
 		msg:     msg,
 		seqAt:   bytes.Index(msg, []byte(`"sequenceNumber":"`)) + len(`"sequenceNumber":"`),
 		chunkAt: bytes.Index(msg, []byte(`"chunk":"`)) + len(`"chunk":"`),
-		tsAt:    bytes.Index(msg, []byte(`"timestamp":"`)) + len(`"timestamp":"`),
+		tsAt:      bytes.Index(msg, []byte(`"timestamp":"`)) + len(`"timestamp":"`),
+		payloadAt: bytes.Index(msg, []byte(`"payload":"`)) + len(`"payload":"`),
 	}
 }
+
+// setPayload replaces the frame's payload (base64 of 160 bytes, always the
+// same length).
+func (m *mediaTemplate) setPayload(b64 []byte) { copy(m.msg[m.payloadAt:], b64) }
 
 func (m *mediaTemplate) set(seq, chunk, ts uint64) []byte {
 	putDigits(m.msg[m.seqAt:m.seqAt+numWidth], seq)
@@ -96,17 +102,48 @@ const benchClientEnv = "MEDIASTREAM_BENCH_CLIENT"
 // consumer and reports the server process's CPU seconds per wall second
 // and its memory per stream. Run it once: -bench ConcurrentStreams
 // -benchtime 1x. A figure, noisy on a shared machine.
+//
+// Two variants: "transport" (parse, check and align only) and "measured"
+// (the product's consumer, mediastream.Calls: the VAD on both tracks, the
+// measurement saved to the embedded database at each onset, the answer's
+// audio kept and sealed), the client playing the demo's generated call
+// (disclosure, echo, an answer) on a loop.
 func BenchmarkConcurrentStreams(b *testing.B) {
+	b.Run("transport", func(b *testing.B) {
+		benchConcurrentStreams(b, func(b *testing.B) func(context.Context, mediastream.Start) (func(mediastream.Frame), func(mediastream.End), error) {
+			return func(context.Context, mediastream.Start) (func(mediastream.Frame), func(mediastream.End), error) {
+				n := 0
+				return func(mediastream.Frame) { n++ }, func(mediastream.End) {}, nil
+			}
+		})
+	})
+	b.Run("measured", func(b *testing.B) {
+		benchConcurrentStreams(b, func(b *testing.B) func(context.Context, mediastream.Start) (func(mediastream.Frame), func(mediastream.End), error) {
+			r := newCallRig(b, nil)
+			return r.calls.Open
+		})
+	})
+}
+
+func benchConcurrentStreams(b *testing.B, consumer func(*testing.B) func(context.Context, mediastream.Start) (func(mediastream.Frame), func(mediastream.End), error)) {
 	const streams, window = 1000, 3 * time.Second
 	for i := 0; i < b.N; i++ {
 		var mu sync.Mutex
 		frames := 0
+		open := consumer(b)
 		srv, err := mediastream.NewServer(mediastream.Config{
 			PublicURL: publicURL, AuthToken: testToken, AccountSID: testAccount,
 			MaxStreams: streams + 10, ReadTimeout: 10 * time.Second,
-			Open: func(context.Context, mediastream.Start) (func(mediastream.Frame), func(mediastream.End), error) {
-				n := 0
-				return func(mediastream.Frame) { n++ }, func(e mediastream.End) { mu.Lock(); frames += int(e.Frames); mu.Unlock() }, nil
+			Open: func(ctx context.Context, st mediastream.Start) (func(mediastream.Frame), func(mediastream.End), error) {
+				onFrame, onEnd, err := open(ctx, st)
+				return onFrame, func(e mediastream.End) {
+					if onEnd != nil {
+						onEnd(e)
+					}
+					mu.Lock()
+					frames += int(e.Frames)
+					mu.Unlock()
+				}, err
 			},
 		})
 		if err != nil {
@@ -208,13 +245,16 @@ func benchStream(url, sig string, i, seconds int) error {
 		}
 	}
 	tracks := [2]*mediaTemplate{newMediaTemplate(streamSID, "inbound"), newMediaTemplate(streamSID, "outbound")}
+	audio := demoPayloads()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	seq := uint64(2)
 	slots := uint64(seconds * 50)
 	for slot := uint64(0); slot < slots; slot++ {
 		<-tick.C
-		for _, tr := range tracks {
+		for t, tr := range tracks {
+			// Each stream starts at its own point of the call.
+			tr.setPayload(audio[t][(int(slot)+i*7)%len(audio[t])])
 			if err := c.WriteMessage(websocket.TextMessage, tr.set(seq, slot+1, slot*20)); err != nil {
 				return err
 			}
@@ -230,4 +270,22 @@ func benchStream(url, sig string, i, seconds int) error {
 			return nil
 		}
 	}
+}
+
+var demoFrames struct {
+	once sync.Once
+	b64  [2][][]byte // inbound, outbound
+}
+
+// demoPayloads is the demo's generated call as base64 frame payloads.
+func demoPayloads() [2][][]byte {
+	demoFrames.once.Do(func() {
+		c := democall.Generate()
+		for t, track := range [2][]byte{c.Inbound, c.Outbound} {
+			for at := 0; at+mediastream.FrameBytes <= len(track); at += mediastream.FrameBytes {
+				demoFrames.b64[t] = append(demoFrames.b64[t], []byte(base64.StdEncoding.EncodeToString(track[at:at+mediastream.FrameBytes])))
+			}
+		}
+	})
+	return demoFrames.b64
 }

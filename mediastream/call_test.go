@@ -32,7 +32,7 @@ type callRig struct {
 	twilio *twiliosim.Twilio
 }
 
-func newCallRig(t *testing.T, configure func(*mediastream.Calls)) *callRig {
+func newCallRig(t testing.TB, configure func(*mediastream.Calls)) *callRig {
 	t.Helper()
 	ctx := context.Background()
 	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true})

@@ -30,7 +30,7 @@ func startMsg(seq int, streamSID, callSID, account string, tracks ...string) str
 	if len(tracks) == 0 {
 		tracks = []string{"inbound", "outbound"}
 	}
-	return fmt.Sprintf(`{"event":"start","sequenceNumber":"%d","start":{"accountSid":"%s","streamSid":"%s","callSid":"%s","tracks":["%s"],"customParameters":{"attempt":"0","lang":"en-US"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"streamSid":"%s"}`,
+	return fmt.Sprintf(`{"event":"start","sequenceNumber":"%d","start":{"accountSid":"%s","streamSid":"%s","callSid":"%s","tracks":["%s"],"customParameters":{"attempt":"0","lang":"en-US","script":"hipaa-consent"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"streamSid":"%s"}`,
 		seq, account, streamSID, callSID, strings.Join(tracks, `","`), streamSID)
 }
 

@@ -38,9 +38,9 @@ func newMediaTemplate(streamSID, track string) *mediaTemplate {
 	msg := []byte(fmt.Sprintf(`{"event":"media","sequenceNumber":"%s","media":{"track":"%s","chunk":"%s","timestamp":"%s","payload":"%s"},"streamSid":"%s"}`,
 		z, track, z+"1", z+"2", base64.StdEncoding.EncodeToString(frameOf(0xFF)), streamSID))
 	return &mediaTemplate{
-		msg:     msg,
-		seqAt:   bytes.Index(msg, []byte(`"sequenceNumber":"`)) + len(`"sequenceNumber":"`),
-		chunkAt: bytes.Index(msg, []byte(`"chunk":"`)) + len(`"chunk":"`),
+		msg:       msg,
+		seqAt:     bytes.Index(msg, []byte(`"sequenceNumber":"`)) + len(`"sequenceNumber":"`),
+		chunkAt:   bytes.Index(msg, []byte(`"chunk":"`)) + len(`"chunk":"`),
 		tsAt:      bytes.Index(msg, []byte(`"timestamp":"`)) + len(`"timestamp":"`),
 		payloadAt: bytes.Index(msg, []byte(`"payload":"`)) + len(`"payload":"`),
 	}

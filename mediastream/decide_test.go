@@ -193,3 +193,33 @@ func TestStreamRecognizerFaults(t *testing.T) {
 		}
 	})
 }
+
+// The stream can run ahead of the incoming webhook's work on another
+// instance (the call's start not stored yet when the recognizer hears the
+// answer): the stream then decides nothing, its measurement is still
+// saved, and the Gather's decision takes it.
+func TestStreamBeforeTheCallIsStored(t *testing.T) {
+	dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key", Script: []deepgramtest.Step{
+		deepgramtest.FinalAt(5600, "yes I agree", 0.9, true),
+	}})
+	defer dg.Close()
+	mv := &mover{}
+	r := newCallRig(t, func(c *mediastream.Calls) {
+		c.Recognizer = deepgram.Recognizer{Config: fastConfig(dg.URL, "dg-key")}
+		c.MoveToReadBack = mv.move
+	})
+	callSID := sid("CA", 3006)
+	fx := fixtureCall(t, "dev_bargein")
+	r.play(t, callSID, fx, false)
+	r.measurement(t, callSID, func(m consent.StreamMeasurement) bool { return m.AnswerAudio != "" })
+	if _, ok, _ := r.svc.Decision(context.Background(), callSID, r.lib.Default().ID); ok || mv.count() != 0 {
+		t.Fatal("the stream decided for a call whose start is not stored")
+	}
+	r.started(t, callSID) // the incoming webhook's work lands
+	heard, ok, err := r.svc.MeasuredHeard(context.Background(), callSID, r.lib.Default().ID, true)
+	if err != nil || !ok || heard.Timing != consent.TimingMeasured || !heard.BargeIn || !near(heard.MS, fx.CallerOnsetMS-fx.DisclosureOnsetMS, 100) {
+		t.Fatalf("the Gather's decision would take %+v, %v, %v", heard, ok, err)
+	}
+}
+
+func near(got, want, tol int64) bool { return got >= want-tol && got <= want+tol }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/consentline/consentline/internal/democall"
 	"github.com/consentline/consentline/internal/testdb"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
@@ -34,6 +35,38 @@ type callScript struct {
 }
 
 var logScripts = []callScript{
+	{name: "media stream, talks over the disclosure", from: "+15417770109", to: "+19717770209", said: []string{"yes I agree capybara"},
+		play: func(ctx context.Context, c *twiliosim.Call, said []string) error {
+			resp, err := c.TwiML(ctx, c.Twilio.PublicBaseURL+ivr.PathIncoming, c.Params(url.Values{"CallStatus": {"ringing"}}))
+			if err != nil {
+				return err
+			}
+			st, ok := resp.Find("Stream")
+			if !ok {
+				return fmt.Errorf("no <Stream>:\n%s", resp.Raw)
+			}
+			params := map[string]string{}
+			for _, p := range st.Children {
+				params[p.Attr("name")] = p.Attr("value")
+			}
+			// Both tracks of the demo's generated call, as fast as the
+			// socket takes them; the stream keeps the answer's audio.
+			tw := *c.Twilio
+			tw.Target = c.Twilio.PublicBaseURL
+			audio := democall.Generate()
+			if _, err := tw.Stream(ctx, st.Attr("url"), twiliosim.StreamPlay{CallSID: c.SID, CustomParameters: params,
+				Inbound: audio.Inbound, Outbound: audio.Outbound}); err != nil {
+				return err
+			}
+			if resp, err = c.Follow(ctx, resp); err != nil {
+				return err
+			}
+			g, ok := resp.SpeechGather()
+			if !ok {
+				return fmt.Errorf("no speech Gather after the must-hear part:\n%s", resp.Raw)
+			}
+			return answer(ctx, c, g.Attr("action"), url.Values{"SpeechResult": {said[0]}, "Confidence": {"0.94"}}, "Hangup")
+		}},
 	{name: "speech, agrees", from: "+15417770101", to: "+19717770201", said: []string{"yes I agree quokka"},
 		play: func(ctx context.Context, c *twiliosim.Call, said []string) error {
 			g, err := startCall(ctx, c)

@@ -18,6 +18,7 @@ import (
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/pgstore"
 	"github.com/consentline/consentline/consent/sqlitestore"
+	"github.com/consentline/consentline/internal/democall"
 	"github.com/consentline/consentline/internal/testdb"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
@@ -113,6 +114,37 @@ func runSIGTERMUnderLoad(t *testing.T, dbURL string) {
 
 	// Load until the relay has deliveries in flight, and a little longer.
 	waitFor(t, 15*time.Second, "deliveries in flight", func() bool { return len(hook.requests()) >= 4 })
+
+	// A call is on its media stream when the signal comes: the drain
+	// closes the stream (going away) and keeps what it measured.
+	streamCall := &twiliosim.Call{Twilio: tw, SID: callSID("d5a1", 0), From: callerNumber(0), To: calledNumber}
+	streamed := make(chan *twiliosim.StreamResult, 1)
+	{
+		resp, err := streamCall.TwiML(ctx, env["PUBLIC_BASE_URL"]+ivr.PathIncoming, streamCall.Params(url.Values{"CallStatus": {"ringing"}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, ok := resp.Find("Stream")
+		if !ok {
+			t.Fatalf("no <Stream>:\n%s", resp.Raw)
+		}
+		params := map[string]string{}
+		for _, prm := range st.Children {
+			params[prm.Attr("name")] = prm.Attr("value")
+		}
+		stw := *tw
+		stw.Target = env["PUBLIC_BASE_URL"]
+		audio := democall.Generate()
+		go func() {
+			res, err := stw.Stream(ctx, st.Attr("url"), twiliosim.StreamPlay{CallSID: streamCall.SID, CustomParameters: params,
+				Inbound: audio.Inbound, Outbound: audio.Outbound, Realtime: true})
+			if err != nil {
+				t.Errorf("stream: %v", err)
+			}
+			streamed <- res
+		}()
+		time.Sleep(time.Second) // the disclosure has started on the stream
+	}
 	time.Sleep(300 * time.Millisecond)
 	signalAt := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -168,6 +200,12 @@ func runSIGTERMUnderLoad(t *testing.T, dbURL string) {
 		if _, err := store.Get(ctx, sid, script); err != nil {
 			t.Errorf("call %s was read its decision but has no record: %v", sid, err)
 		}
+	}
+	if res := <-streamed; res == nil || res.CloseCode != 1001 {
+		t.Errorf("the media stream open at SIGTERM ended with %+v; want closed going away (1001)", res)
+	}
+	if m, err := store.StreamMeasurement(ctx, streamCall.SID, script); err != nil || m.PromptOnsetMS < 0 {
+		t.Errorf("the stream's measurement was not kept through the drain: %+v, %v", m, err)
 	}
 	if jobs["running"] != 0 || jobs["retryable"] != 0 || jobs["available"] == 0 {
 		t.Errorf("delivery jobs after the drain by state: %v; want none running or retryable, the held ones available", jobs)

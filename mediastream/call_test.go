@@ -177,3 +177,28 @@ func TestFixtureClipsMeasured(t *testing.T) {
 		})
 	}
 }
+
+// Twilio's side vanishing mid-frame (no stop, no close frame) ends the call's
+// stream like a stop: what was measured is saved, the answer's audio so far
+// kept, and nothing of the stream is left running (goleak, TestMain).
+func TestStreamDroppedMidFrame(t *testing.T) {
+	r := newCallRig(t, nil)
+	calls, err := audiofixtures.Calls()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := calls[0] // dev_bargein: the answer begins at 4200 ms
+	callSID := sid("CA", 4001)
+	script := r.lib.Default()
+	// The player's own error (if any) is about the connection it cut.
+	_, _ = r.twilio.Stream(context.Background(), streamURL, twiliosim.StreamPlay{
+		CallSID:          callSID,
+		CustomParameters: map[string]string{mediastream.ParamScript: script.ID, mediastream.ParamLanguage: script.Language},
+		Inbound:          c.Inbound, Outbound: c.Outbound,
+		AbortAfter: 4800 / 20, // mid-answer
+	})
+	m := r.measurement(t, callSID, func(m consent.StreamMeasurement) bool { return m.AnswerAudio != "" })
+	if m.AnswerOnsetMS < 4160 || m.AnswerOnsetMS > 4320 || m.AnswerEndMS != -1 {
+		t.Fatalf("measurement after the drop: answer %d–%d ms", m.AnswerOnsetMS, m.AnswerEndMS)
+	}
+}

@@ -162,6 +162,16 @@ func (e *echoPath) bound(outRing *[ringBlocks]float64, b int64) float64 {
 	return m + e.upDB
 }
 
+// boundAt is bound with the delay given (blocks): the outbound around it
+// plus each lag's own estimate (the prior until it has one).
+func (e *echoPath) boundAt(outRing *[ringBlocks]float64, b int64, delay int) float64 {
+	m := minDB
+	for k := max(delay-echoSpread, 0); k <= min(delay+echoSpread+1, e.lags-1); k++ {
+		m = max(m, outRing[(b-int64(k))&ringMask]+e.upper(k))
+	}
+	return m
+}
+
 func abs(v int) int {
 	if v < 0 {
 		return -v

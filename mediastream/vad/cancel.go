@@ -1,0 +1,346 @@
+package vad
+
+import "math"
+
+// Sample-level echo cancellation, so that a caller talking over the
+// disclosure shows up at once, even when the echo is loud or the call
+// has only just begun.
+//
+// Two stages:
+//
+//  1. Coarse delay: the cross-correlation of the inbound with the
+//     outbound at 2 kHz (both decimated by 4) over every lag up to
+//     MaxEchoDelayMS, accumulated with a 4 s memory. A lag is taken once
+//     its normalized correlation is clear (≥ xcMinNCC) and has held for
+//     three frames; within 0.2–0.5 s of the disclosure's first echo.
+//  2. A 64-tap (8 ms) least-squares echo filter starting 2 ms before that
+//     delay: the outbound's autocorrelation and the outbound/inbound
+//     cross-correlation at those taps are accumulated (4 s memory) and
+//     the Toeplitz normal equations solved by Levinson recursion every
+//     few frames. Unlike NLMS, whose convergence on speech (a strongly
+//     coloured input) takes seconds, this converges as fast as the data
+//     allows, and anything uncorrelated with the outbound — the caller,
+//     background talk, noise — only adds variance, never bias.
+//
+// Accumulation pauses while the caller may be speaking (double talk):
+// whenever the detector holds the frame or its recent past to be the
+// caller (see Detector.Push). This is a residual-energy double-talk
+// detector: the residual is what the caller adds over the echo.
+//
+// The residual's echo is then bounded in the level domain, relative to
+// the filter's own echo estimate ŷ: the log ratio of the residual's 20 ms
+// window level (noise floor taken out) to ŷ's is tracked on echo-only
+// windows, as echo.go does for the raw echo, and the residual echo's
+// upper level is ŷ's level plus q50 + echoSigmas·spread of that ratio.
+// The canceller is trusted (its residual and bound used instead of the
+// raw inbound and echo.go's bound) once that upper ratio is below
+// −trustDB: it removes at least that much of the echo.
+//
+// Cost: the filter 64 MACs per sample (≈10k per frame) while the outbound
+// of the last 300 ms is not silent; while learning, the cross-correlation
+// (≈20k MACs per frame until the canceller is trusted, then one frame in
+// 10) and the normal equations (≈20k MACs per frame) on frames without
+// the caller. See BenchmarkPush.
+
+const (
+	decim       = 4 // coarse delay at 2 kHz
+	decFr       = FrameBytes / decim
+	xcMaxLags   = maxDelayBlocks*blockMS*SampleRate/1000/decim + 1
+	taps        = 64
+	tapLead     = 16 // taps before the coarse delay (2 ms)
+	outHist     = maxDelayBlocks*blockMS*SampleRate/1000 + taps + FrameBytes
+	xcMinNCC    = 0.3
+	xcHold      = 3  // evaluations (frames) the lag must hold
+	xcMinFrames = 10 // frames of outbound correlated before a lag is taken
+	lsForget    = 0.995
+	loading     = 1e-2 // diagonal loading of the normal equations (−20 dB)
+	minTrust    = 30   // ratio samples (5 ms blocks) before a bound relative to ŷ is used
+	minLSFrames = 10   // frames the filter has learnt from before it is used
+	yLoudDB     = 3.0  // ŷ windows this far over the noise floor measure the ratios
+)
+
+type canceller struct {
+	lags int // decimated lags searched
+
+	x        [outHist]float64           // outbound history, newest last
+	xd       [xcMaxLags + decFr]float64 // decimated outbound history, newest last
+	cc       [xcMaxLags]float64         // leaky cross-correlation sums, per decimated lag
+	wsum     float64                    // leaky count of the frames in cc
+	xcFrames int64                      // frames accumulated
+
+	cand, hold int // candidate lag and evaluations it has held
+	delay      int // samples, -1 unknown
+	start      int // first tap's delay (samples)
+
+	rxx, rxd [taps]float64
+	w        [taps]float64
+	haveW    bool
+	lsFrames int
+	fw, tmp  [taps]float64 // Levinson scratch
+
+	y [FrameBytes]float64 // echo estimate of the current frame
+
+	// Level ratios to the estimate ŷ, on echo-only windows: of the
+	// residual, and of the raw inbound.
+	res, raw ratioTrack
+}
+
+func (c *canceller) init(maxDelayMS int) {
+	c.lags = min(maxDelayMS*SampleRate/1000/decim+1, xcMaxLags)
+	c.delay, c.cand = -1, -1
+}
+
+// push shifts the outbound frame into the histories.
+func (c *canceller) push(out *[FrameBytes]float64) {
+	copy(c.x[:], c.x[FrameBytes:])
+	copy(c.x[outHist-FrameBytes:], out[:])
+	copy(c.xd[:], c.xd[decFr:])
+	base := len(c.xd) - decFr
+	for i := range decFr {
+		c.xd[base+i] = 0.25 * (out[4*i] + out[4*i+1] + out[4*i+2] + out[4*i+3])
+	}
+}
+
+// estimate fills c.y with the echo estimate of the current frame and
+// reports whether there is one.
+func (c *canceller) estimate() bool {
+	if !c.haveW {
+		return false
+	}
+	// x[n-start-j] for sample n of the frame, j = 0..taps-1.
+	base := outHist - FrameBytes - c.start
+	var e float64
+	for _, v := range c.x[base-taps+1 : base+FrameBytes] {
+		e += v * v
+	}
+	if e < 1e-9 { // the outbound was silent: no echo
+		c.y = [FrameBytes]float64{}
+		return false
+	}
+	w := &c.w
+	for n := range FrameBytes {
+		xs := c.x[base+n-taps+1 : base+n+1] // xs[taps-1-j] = x[n-start-j]
+		var s0, s1, s2, s3 float64
+		for j := 0; j < taps; j += 4 {
+			s0 += w[j] * xs[taps-1-j]
+			s1 += w[j+1] * xs[taps-2-j]
+			s2 += w[j+2] * xs[taps-3-j]
+			s3 += w[j+3] * xs[taps-4-j]
+		}
+		c.y[n] = s0 + s1 + s2 + s3
+	}
+	return true
+}
+
+// learn accumulates the frame's inbound d (not the caller) against the
+// outbound history, updates the coarse delay and re-solves the filter.
+// audible says whether the inbound rose over its noise floor: frames
+// of noise alone say nothing about the delay.
+func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
+	// Nothing to learn from while the outbound of the last 300 ms is silent.
+	var ex float64
+	for _, v := range c.xd[len(c.xd)-c.lags-decFr:] {
+		ex += v * v
+	}
+	if ex < 1e-7 {
+		return
+	}
+	if audible && (c.mode() == modeLevels || frame%10 == 0) {
+		c.crossCorrelate(d)
+	}
+	if c.delay < 0 {
+		return
+	}
+	base := outHist - FrameBytes - c.start
+	for j := range taps {
+		xs := c.x[base-j : base-j+FrameBytes]
+		xr := c.x[base : base+FrameBytes]
+		var sd, sx float64
+		for n, v := range xs {
+			sd += d[n] * v
+			sx += xr[n] * v
+		}
+		c.rxd[j] = lsForget*c.rxd[j] + sd
+		c.rxx[j] = lsForget*c.rxx[j] + sx
+	}
+	c.lsFrames++
+	if c.lsFrames <= 25 || c.lsFrames%4 == 0 {
+		c.haveW = c.solve()
+	}
+}
+
+func (c *canceller) crossCorrelate(d *[FrameBytes]float64) {
+	var dd [decFr]float64
+	var ed float64
+	for i := range decFr {
+		v := 0.25 * (d[4*i] + d[4*i+1] + d[4*i+2] + d[4*i+3])
+		dd[i] = v
+		ed += v * v
+	}
+	top := len(c.xd) - decFr // index of the frame's first sample
+	var ex float64
+	for _, v := range c.xd[top-c.lags+1 : top+decFr] {
+		ex += v * v
+	}
+	ex *= decFr / float64(c.lags+decFr-1) // per frame-long window, on average
+	if ed <= 1e-12 || ex <= 1e-12 {
+		return
+	}
+	// Each frame adds its own normalized correlation, so that a loud
+	// frame (a DTMF key, a cough) weighs no more than a quiet one.
+	norm := 1 / math.Sqrt(ed*ex)
+	const forget = 0.995
+	c.wsum = forget*c.wsum + 1
+	c.xcFrames++
+	best, bestV := -1, 0.0
+	for k := range c.lags {
+		xs := c.xd[top-k : top-k+decFr]
+		var s0, s1 float64
+		for i := 0; i < decFr; i += 2 {
+			s0 += dd[i] * xs[i]
+			s1 += dd[i+1] * xs[i+1]
+		}
+		v := forget*c.cc[k] + (s0+s1)*norm
+		c.cc[k] = v
+		if v < 0 {
+			v = -v
+		}
+		if v > bestV {
+			best, bestV = k, v
+		}
+	}
+	if best < 0 || c.xcFrames < xcMinFrames || bestV/c.wsum < xcMinNCC {
+		c.hold = 0
+		return
+	}
+	if c.cand >= 0 && abs(best-c.cand) <= 1 {
+		c.hold++
+	} else {
+		c.hold = 0
+	}
+	c.cand = best
+	if c.hold < xcHold-1 {
+		return
+	}
+	if c.delay >= 0 && abs(best*decim-c.delay) <= 2*decim {
+		return // same delay, within the filter's slack
+	}
+	c.delay = best * decim
+	c.start = max(c.delay-tapLead+2, 0) // +2: the decimators' skew is within the taps
+	c.rxx, c.rxd, c.w = [taps]float64{}, [taps]float64{}, [taps]float64{}
+	c.haveW, c.lsFrames = false, 0
+	c.res, c.raw = ratioTrack{}, ratioTrack{}
+}
+
+// solve solves the Toeplitz normal equations rxx·w = rxd (Levinson
+// recursion), the diagonal loaded by −20 dB so that a narrow-band
+// outbound cannot make the filter blow up.
+func (c *canceller) solve() bool {
+	r0 := c.rxx[0] * (1 + loading)
+	if r0 <= 1e-9 {
+		return false
+	}
+	f, w, t := &c.fw, &c.w, &c.tmp
+	f[0] = 1 / r0
+	w[0] = c.rxd[0] / r0
+	for n := 1; n < taps; n++ {
+		var ef, ew float64
+		for i := range n {
+			ef += c.rxx[n-i] * f[i]
+			ew += c.rxx[n-i] * w[i]
+		}
+		den := 1 - ef*ef
+		if den <= 1e-9 {
+			for i := n; i < taps; i++ {
+				w[i] = 0
+			}
+			return true
+		}
+		// f' = ((f,0) − ef·(0,rev f)) / den
+		for i := 0; i <= n; i++ {
+			var a, b float64
+			if i < n {
+				a = f[i]
+			}
+			if i > 0 {
+				b = f[n-i]
+			}
+			t[i] = (a - ef*b) / den
+		}
+		copy(f[:n+1], t[:n+1])
+		// w' = (w,0) + (rxd[n] − ew)·rev f'
+		g := c.rxd[n] - ew
+		w[n] = 0
+		for i := 0; i <= n; i++ {
+			w[i] += g * f[n-i]
+		}
+	}
+	return true
+}
+
+// ratioTrack keeps the last ratioWindow samples of a level ratio (dB)
+// and bounds it by their second largest: the worst the ratio has recently
+// been, one outlier aside. An upper order statistic rather than a mean
+// and spread, because the residual's ratio is heavy-tailed: a sound the
+// filter has not seen yet is cancelled far worse than the rest.
+type ratioTrack struct {
+	n  int
+	r  [ratioWindow]float64
+	up float64
+}
+
+const ratioWindow = 128 // 5 ms blocks of loud echo estimate: ≥ 0.64 s
+
+func (t *ratioTrack) add(r float64) {
+	t.r[t.n%ratioWindow] = r
+	t.n++
+}
+
+// update recomputes the bound after a frame's samples were added.
+func (t *ratioTrack) update() {
+	first, second := minDB, minDB
+	for _, v := range t.r[:min(t.n, ratioWindow)] {
+		switch {
+		case v > first:
+			first, second = v, first
+		case v > second:
+			second = v
+		}
+	}
+	t.up = second
+}
+
+// upper is the ratio's recent upper bound (dB).
+func (t *ratioTrack) upper() float64 { return t.up }
+
+// mode says what the detector looks for the caller in.
+type mode int
+
+const (
+	modeLevels   mode = iota // raw inbound, echo.go's bound
+	modeEstimate             // raw inbound, bounded by ŷ's level plus the raw ratio
+	modeResidual             // the residual, bounded by ŷ's level plus the residual ratio
+)
+
+// fallback is the mode to use when the residual cannot be.
+func (c *canceller) fallback() mode {
+	if c.raw.n >= minTrust {
+		return modeEstimate
+	}
+	return modeLevels
+}
+
+// mode picks the better bound once the ratios are known.
+func (c *canceller) mode() mode {
+	if c.delay < 0 || c.lsFrames < minLSFrames {
+		return modeLevels
+	}
+	resOK, rawOK := c.res.n >= minTrust, c.raw.n >= minTrust
+	switch {
+	case resOK && (!rawOK || c.res.upper() <= c.raw.upper()):
+		return modeResidual
+	case rawOK:
+		return modeEstimate
+	}
+	return modeLevels
+}

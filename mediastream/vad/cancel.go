@@ -1,6 +1,9 @@
 package vad
 
-import "math"
+import (
+	"math"
+	"slices"
+)
 
 // Sample-level echo cancellation, so that a caller talking over the
 // disclosure shows up at once, even when the echo is loud or the call
@@ -66,7 +69,9 @@ type canceller struct {
 	xd       [xcMaxLags + decFr]float64 // decimated outbound history, newest last
 	cc       [xcMaxLags]float64         // leaky cross-correlation sums, per decimated lag
 	wsum     float64                    // leaky count of the frames in cc
-	xcFrames int64                      // frames accumulated
+	lastNCC  float64                    // tests only
+	lastLag  int
+	xcFrames int64 // frames accumulated
 
 	cand, hold int // candidate lag and evaluations it has held
 	delay      int // samples, -1 unknown
@@ -209,6 +214,7 @@ func (c *canceller) crossCorrelate(d *[FrameBytes]float64) {
 			best, bestV = k, v
 		}
 	}
+	c.lastNCC, c.lastLag = bestV/c.wsum, best
 	if best < 0 || c.xcFrames < xcMinFrames || bestV/c.wsum < xcMinNCC {
 		c.hold = 0
 		return
@@ -279,17 +285,25 @@ func (c *canceller) solve() bool {
 }
 
 // ratioTrack keeps the last ratioWindow samples of a level ratio (dB)
-// and bounds it by their second largest: the worst the ratio has recently
-// been, one outlier aside. An upper order statistic rather than a mean
-// and spread, because the residual's ratio is heavy-tailed: a sound the
-// filter has not seen yet is cancelled far worse than the rest.
+// and bounds it by their median plus ratioSigmas times the gap between
+// the median and the 16th percentile (one standard deviation), that gap
+// at least 1 and at most maxRatioSpreadDB. Order statistics of a window,
+// so that a burst of other sound (a DTMF key, a cough: up to a third of
+// the window) does not move the median, and the bound is loose where
+// the filter still cancels unevenly (a sound it has not seen yet is
+// cancelled far worse than the rest: a wide spread).
 type ratioTrack struct {
-	n  int
-	r  [ratioWindow]float64
-	up float64
+	n      int
+	r      [ratioWindow]float64
+	sorted [ratioWindow]float64
+	up     float64
 }
 
-const ratioWindow = 128 // 5 ms blocks of loud echo estimate: ≥ 0.64 s
+const (
+	ratioWindow      = 128 // 5 ms blocks of audible echo estimate: ≥ 0.64 s
+	ratioSigmas      = 3.0
+	maxRatioSpreadDB = 8.0
+)
 
 func (t *ratioTrack) add(r float64) {
 	t.r[t.n%ratioWindow] = r
@@ -298,16 +312,15 @@ func (t *ratioTrack) add(r float64) {
 
 // update recomputes the bound after a frame's samples were added.
 func (t *ratioTrack) update() {
-	first, second := minDB, minDB
-	for _, v := range t.r[:min(t.n, ratioWindow)] {
-		switch {
-		case v > first:
-			first, second = v, first
-		case v > second:
-			second = v
-		}
+	m := min(t.n, ratioWindow)
+	if m == 0 {
+		return
 	}
-	t.up = second
+	s := t.sorted[:m]
+	copy(s, t.r[:m])
+	slices.Sort(s)
+	q50, q16 := s[m/2], s[m*16/100]
+	t.up = q50 + ratioSigmas*min(max(q50-q16, 1), maxRatioSpreadDB)
 }
 
 // upper is the ratio's recent upper bound (dB).

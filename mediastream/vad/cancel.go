@@ -46,20 +46,22 @@ import (
 // the caller. See BenchmarkPush.
 
 const (
-	decim       = 4 // coarse delay at 2 kHz
-	decFr       = FrameBytes / decim
-	xcMaxLags   = maxDelayBlocks*blockMS*SampleRate/1000/decim + 1
-	taps        = 64
-	tapLead     = 16 // taps before the coarse delay (2 ms)
-	outHist     = maxDelayBlocks*blockMS*SampleRate/1000 + taps + FrameBytes
-	xcMinNCC    = 0.3
-	xcHold      = 3  // evaluations (frames) the lag must hold
-	xcMinFrames = 10 // frames of outbound correlated before a lag is taken
-	lsForget    = 0.995
-	loading     = 1e-2 // diagonal loading of the normal equations (−20 dB)
-	minTrust    = 30   // ratio samples (5 ms blocks) before a bound relative to ŷ is used
-	minLSFrames = 10   // frames the filter has learnt from before it is used
-	yLoudDB     = 3.0  // ŷ windows this far over the noise floor measure the ratios
+	decim        = 4 // coarse delay at 2 kHz
+	decFr        = FrameBytes / decim
+	xcMaxLags    = maxDelayBlocks*blockMS*SampleRate/1000/decim + 1
+	taps         = 64
+	tapLead      = 16 // taps before the coarse delay (2 ms)
+	outHist      = maxDelayBlocks*blockMS*SampleRate/1000 + taps + FrameBytes
+	xcMinNCC     = 0.3
+	xcHold       = 3 // evaluations (frames) the lag must hold
+	xcMinFrames  = 4 // audible frames correlated before a lag is taken
+	lsForget     = 0.995
+	lsFullFrames = 50 // frames learnt from before thinning
+	lsThin       = 4
+	loading      = 1e-2 // diagonal loading of the normal equations (−20 dB)
+	minTrust     = 30   // ratio samples (5 ms blocks) before a bound relative to ŷ is used
+	minLSFrames  = 10   // frames the filter has learnt from before it is used
+	yLoudDB      = 3.0  // ŷ windows this far over the noise floor measure the ratios
 )
 
 type canceller struct {
@@ -79,6 +81,8 @@ type canceller struct {
 
 	rxx, rxd [taps]float64
 	w        [taps]float64
+	wr       [taps]float64 // w reversed, for the filter's forward dot product
+	eligible int64         // frames the filter could have learnt from
 	haveW    bool
 	lsFrames int
 	fw, tmp  [taps]float64 // Levinson scratch
@@ -122,15 +126,16 @@ func (c *canceller) estimate() bool {
 		c.y = [FrameBytes]float64{}
 		return false
 	}
-	w := &c.w
+	wr := &c.wr
 	for n := range FrameBytes {
-		xs := c.x[base+n-taps+1 : base+n+1] // xs[taps-1-j] = x[n-start-j]
+		xs := c.x[base+n-taps+1 : base+n+1 : base+n+1] // xs[i] = x[n-start-(taps-1-i)]
+		xs = xs[:taps]
 		var s0, s1, s2, s3 float64
-		for j := 0; j < taps; j += 4 {
-			s0 += w[j] * xs[taps-1-j]
-			s1 += w[j+1] * xs[taps-2-j]
-			s2 += w[j+2] * xs[taps-3-j]
-			s3 += w[j+3] * xs[taps-4-j]
+		for i := 0; i < taps; i += 4 {
+			s0 += wr[i] * xs[i]
+			s1 += wr[i+1] * xs[i+1]
+			s2 += wr[i+2] * xs[i+2]
+			s3 += wr[i+3] * xs[i+3]
 		}
 		c.y[n] = s0 + s1 + s2 + s3
 	}
@@ -156,21 +161,33 @@ func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
 	if c.delay < 0 {
 		return
 	}
+	// Once the filter has a second of echo behind it, one frame in
+	// lsThin is enough to follow a path that does not change in a call.
+	c.eligible++
+	if c.lsFrames >= lsFullFrames && c.eligible%lsThin != 0 {
+		return
+	}
 	base := outHist - FrameBytes - c.start
+	xr := c.x[base : base+FrameBytes]
 	for j := range taps {
 		xs := c.x[base-j : base-j+FrameBytes]
-		xr := c.x[base : base+FrameBytes]
-		var sd, sx float64
-		for n, v := range xs {
-			sd += d[n] * v
-			sx += xr[n] * v
+		var sd0, sd1, sx0, sx1 float64
+		for n := 0; n < FrameBytes; n += 2 {
+			v0, v1 := xs[n], xs[n+1]
+			sd0 += d[n] * v0
+			sd1 += d[n+1] * v1
+			sx0 += xr[n] * v0
+			sx1 += xr[n+1] * v1
 		}
-		c.rxd[j] = lsForget*c.rxd[j] + sd
-		c.rxx[j] = lsForget*c.rxx[j] + sx
+		c.rxd[j] = lsForget*c.rxd[j] + sd0 + sd1
+		c.rxx[j] = lsForget*c.rxx[j] + sx0 + sx1
 	}
 	c.lsFrames++
 	if c.lsFrames <= 25 || c.lsFrames%4 == 0 {
 		c.haveW = c.solve()
+		for i, v := range c.w {
+			c.wr[taps-1-i] = v
+		}
 	}
 }
 
@@ -305,9 +322,22 @@ const (
 	maxRatioSpreadDB = 8.0
 )
 
+// add puts r in the window (and its sorted copy) in place of the oldest.
 func (t *ratioTrack) add(r float64) {
+	m := min(t.n, ratioWindow)
+	s := t.sorted[:m]
+	if t.n >= ratioWindow {
+		old := t.r[t.n%ratioWindow]
+		i, _ := slices.BinarySearch(s, old)
+		copy(s[i:], s[i+1:])
+		s = s[:m-1]
+	}
 	t.r[t.n%ratioWindow] = r
 	t.n++
+	i, _ := slices.BinarySearch(s, r)
+	s = s[:len(s)+1]
+	copy(s[i+1:], s[i:])
+	s[i] = r
 }
 
 // update recomputes the bound after a frame's samples were added.
@@ -316,10 +346,7 @@ func (t *ratioTrack) update() {
 	if m == 0 {
 		return
 	}
-	s := t.sorted[:m]
-	copy(s, t.r[:m])
-	slices.Sort(s)
-	q50, q16 := s[m/2], s[m*16/100]
+	q50, q16 := t.sorted[m/2], t.sorted[m*16/100]
 	t.up = q50 + ratioSigmas*min(max(q50-q16, 1), maxRatioSpreadDB)
 }
 

@@ -365,7 +365,9 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	// The canceller learns on frames without the caller (its double-talk
 	// detector): no onset under way, nothing voiced over the echo bound.
 	if !d.callerOn && d.strongHist&(1<<uint(d.voiceWindowFrames)-1) == 0 && !voiced {
-		d.canc.learn(&d.raw, f, d.rawWin[last] >= d.floorDB+activeMarginDB)
+		if !active { // nothing over the echo bound: echo (and noise) alone
+			d.canc.learn(&d.raw, f, d.rawWin[last] >= d.floorDB+activeMarginDB)
+		}
 		if hasY && d.canc.lsFrames >= minLSFrames {
 			fl := math.Pow(10, d.floorDB/10)
 			for j := range int64(blocksPerFr) {

@@ -53,8 +53,9 @@ const (
 	tapLead      = 16 // taps before the coarse delay (2 ms)
 	outHist      = maxDelayBlocks*blockMS*SampleRate/1000 + taps + FrameBytes
 	xcMinNCC     = 0.3
-	xcHold       = 3 // evaluations (frames) the lag must hold
-	xcMinFrames  = 4 // audible frames correlated before a lag is taken
+	xcHold       = 3  // evaluations (frames) the lag must hold
+	xcMinFrames  = 4  // audible frames correlated before a lag is taken
+	xcSureHold   = 10 // frames a lag must hold before the levels are bounded at it alone
 	lsForget     = 0.995
 	lsFullFrames = 50 // frames learnt from before thinning
 	lsThin       = 4
@@ -75,9 +76,10 @@ type canceller struct {
 	lastLag  int
 	xcFrames int64 // frames accumulated
 
-	cand, hold int // candidate lag and evaluations it has held
-	delay      int // samples, -1 unknown
-	start      int // first tap's delay (samples)
+	cand, hold int  // candidate lag and evaluations it has held
+	delay      int  // samples, -1 unknown
+	sure       bool // the delay has held for xcSureHold frames
+	start      int  // first tap's delay (samples)
 
 	rxx, rxd [taps]float64
 	w        [taps]float64
@@ -246,9 +248,10 @@ func (c *canceller) crossCorrelate(d *[FrameBytes]float64) {
 		return
 	}
 	if c.delay >= 0 && abs(best*decim-c.delay) <= 2*decim {
+		c.sure = c.hold >= xcSureHold
 		return // same delay, within the filter's slack
 	}
-	c.delay = best * decim
+	c.delay, c.sure = best*decim, false
 	c.start = max(c.delay-tapLead+2, 0) // +2: the decimators' skew is within the taps
 	c.rxx, c.rxd, c.w = [taps]float64{}, [taps]float64{}, [taps]float64{}
 	c.haveW, c.lsFrames = false, 0

@@ -407,7 +407,7 @@ func (d *Detector) echoBound(md mode, b int64) float64 {
 		// not exceed it; a ratio under 0 dB is noise in the ratio.
 		return y + max(d.canc.raw.upper(), 0)
 	}
-	if d.canc.delay >= 0 && !d.echo.converged {
+	if d.canc.sure && !d.echo.converged {
 		// The delay is known from the cross-correlation before the
 		// level-domain search settles: bound by the outbound around it.
 		return d.echo.boundAt(&d.outWin, b, d.canc.delay/(blockLen))

@@ -52,6 +52,9 @@ const (
 	taps         = 64
 	tapLead      = 16 // taps before the coarse delay (2 ms)
 	outHist      = maxDelayBlocks*blockMS*SampleRate/1000 + taps + FrameBytes
+	replayFrames = 20                                // 400 ms learnt at once when the delay is found
+	histKeep     = outHist + replayFrames*FrameBytes // samples of outbound history needed
+	histSlack    = 8 * FrameBytes                    // appended before the history is moved down
 	xcMinNCC     = 0.3
 	xcHold       = 3  // evaluations (frames) the lag must hold
 	xcMinFrames  = 4  // audible frames correlated before a lag is taken
@@ -68,13 +71,17 @@ const (
 type canceller struct {
 	lags int // decimated lags searched
 
-	x        [outHist]float64           // outbound history, newest last
-	xd       [xcMaxLags + decFr]float64 // decimated outbound history, newest last
-	cc       [xcMaxLags]float64         // leaky cross-correlation sums, per decimated lag
-	wsum     float64                    // leaky count of the frames in cc
-	lastNCC  float64                    // tests only
-	lastLag  int
-	xcFrames int64 // frames accumulated
+	// Outbound and raw inbound samples, newest at index end-1, same
+	// indices on both; moved down when full (float32: it is 40 KB).
+	xb, db    [histKeep + histSlack]float32
+	end       int
+	learnable uint32                     // bit i: frame i back was learnt from (bit 0: the current one)
+	xd        [xcMaxLags + decFr]float64 // decimated outbound history, newest last
+	cc        [xcMaxLags]float64         // leaky cross-correlation sums, per decimated lag
+	wsum      float64                    // leaky count of the frames in cc
+	lastNCC   float64                    // tests only
+	lastLag   int
+	xcFrames  int64 // frames accumulated
 
 	cand, hold int  // candidate lag and evaluations it has held
 	delay      int  // samples, -1 unknown
@@ -98,13 +105,23 @@ type canceller struct {
 
 func (c *canceller) init(maxDelayMS int) {
 	c.lags = min(maxDelayMS*SampleRate/1000/decim+1, xcMaxLags)
+	c.end = histKeep // zeros: silence before the stream
 	c.delay, c.cand = -1, -1
 }
 
 // push shifts the outbound frame into the histories.
-func (c *canceller) push(out *[FrameBytes]float64) {
-	copy(c.x[:], c.x[FrameBytes:])
-	copy(c.x[outHist-FrameBytes:], out[:])
+func (c *canceller) push(out, in *[FrameBytes]float64) {
+	if c.end+FrameBytes > len(c.xb) {
+		keep := histKeep - FrameBytes
+		copy(c.xb[:keep], c.xb[c.end-keep:c.end])
+		copy(c.db[:keep], c.db[c.end-keep:c.end])
+		c.end = keep
+	}
+	for i := range FrameBytes {
+		c.xb[c.end+i], c.db[c.end+i] = float32(out[i]), float32(in[i])
+	}
+	c.end += FrameBytes
+	c.learnable <<= 1
 	copy(c.xd[:], c.xd[decFr:])
 	base := len(c.xd) - decFr
 	for i := range decFr {
@@ -118,30 +135,86 @@ func (c *canceller) estimate() bool {
 	if !c.haveW {
 		return false
 	}
-	// x[n-start-j] for sample n of the frame, j = 0..taps-1.
-	base := outHist - FrameBytes - c.start
-	var e float64
-	for _, v := range c.x[base-taps+1 : base+FrameBytes] {
-		e += v * v
-	}
-	if e < 1e-9 { // the outbound was silent: no echo
+	if !c.filter(c.end-FrameBytes, &c.y) { // the outbound was silent: no echo
 		c.y = [FrameBytes]float64{}
+		return false
+	}
+	return true
+}
+
+// filter puts the echo estimate of the frame starting at history index p
+// into y; false (y untouched) when the outbound under the taps was silent.
+func (c *canceller) filter(p int, y *[FrameBytes]float64) bool {
+	base := p - c.start // x[n-start-j] = xb[base+n-j]
+	var e float64
+	for _, v := range c.xb[base-taps+1 : base+FrameBytes] {
+		e += float64(v) * float64(v)
+	}
+	if e < 1e-9 {
 		return false
 	}
 	wr := &c.wr
 	for n := range FrameBytes {
-		xs := c.x[base+n-taps+1 : base+n+1 : base+n+1] // xs[i] = x[n-start-(taps-1-i)]
+		xs := c.xb[base+n-taps+1 : base+n+1] // xs[i] = x[n-start-(taps-1-i)]
 		xs = xs[:taps]
 		var s0, s1, s2, s3 float64
 		for i := 0; i < taps; i += 4 {
-			s0 += wr[i] * xs[i]
-			s1 += wr[i+1] * xs[i+1]
-			s2 += wr[i+2] * xs[i+2]
-			s3 += wr[i+3] * xs[i+3]
+			s0 += wr[i] * float64(xs[i])
+			s1 += wr[i+1] * float64(xs[i+1])
+			s2 += wr[i+2] * float64(xs[i+2])
+			s3 += wr[i+3] * float64(xs[i+3])
 		}
-		c.y[n] = s0 + s1 + s2 + s3
+		y[n] = s0 + s1 + s2 + s3
 	}
 	return true
+}
+
+// accumulate adds the frame starting at history index p to the normal
+// equations.
+func (c *canceller) accumulate(p int) {
+	base := p - c.start
+	xr := c.xb[base : base+FrameBytes]
+	d := c.db[p : p+FrameBytes]
+	for j := range taps {
+		xs := c.xb[base-j : base-j+FrameBytes]
+		var sd0, sd1, sx0, sx1 float64
+		for n := 0; n < FrameBytes; n += 2 {
+			v0, v1 := float64(xs[n]), float64(xs[n+1])
+			sd0 += float64(d[n]) * v0
+			sd1 += float64(d[n+1]) * v1
+			sx0 += float64(xr[n]) * v0
+			sx1 += float64(xr[n+1]) * v1
+		}
+		c.rxd[j] = lsForget*c.rxd[j] + sd0 + sd1
+		c.rxx[j] = lsForget*c.rxx[j] + sx0 + sx1
+	}
+	c.lsFrames++
+}
+
+// solveNow re-solves the filter.
+func (c *canceller) solveNow() {
+	c.haveW = c.solve()
+	for i, v := range c.w {
+		c.wr[taps-1-i] = v
+	}
+}
+
+// replay learns, once the delay is found, from the frames of the last
+// 400 ms that were learnable: the filter starts from what the echo has
+// already shown instead of from nothing, so that a caller barging in soon
+// after the echo began is told from it. (The ratios are not replayed: on
+// the frames it was fitted to, the filter looks better than it is.)
+func (c *canceller) replay() {
+	cur := c.end - FrameBytes
+	for k := replayFrames - 1; k >= 1; k-- {
+		if c.learnable&(1<<k) != 0 && cur-k*FrameBytes-c.start-taps >= 0 {
+			c.accumulate(cur - k*FrameBytes)
+		}
+	}
+	if c.lsFrames == 0 {
+		return
+	}
+	c.solveNow()
 }
 
 // learn accumulates the frame's inbound d (not the caller) against the
@@ -149,6 +222,7 @@ func (c *canceller) estimate() bool {
 // audible says whether the inbound rose over its noise floor: frames
 // of noise alone say nothing about the delay.
 func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
+	c.learnable |= 1
 	// Nothing to learn from while the outbound of the last 300 ms is silent.
 	var ex float64
 	for _, v := range c.xd[len(c.xd)-c.lags-decFr:] {
@@ -157,8 +231,8 @@ func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
 	if ex < 1e-7 {
 		return
 	}
-	if audible && (c.mode() == modeLevels || frame%10 == 0) {
-		c.crossCorrelate(d)
+	if audible && (c.mode() == modeLevels || frame%10 == 0) && c.crossCorrelate(d) {
+		c.replay()
 	}
 	if c.delay < 0 {
 		return
@@ -169,31 +243,13 @@ func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
 	if c.lsFrames >= lsFullFrames && c.eligible%lsThin != 0 {
 		return
 	}
-	base := outHist - FrameBytes - c.start
-	xr := c.x[base : base+FrameBytes]
-	for j := range taps {
-		xs := c.x[base-j : base-j+FrameBytes]
-		var sd0, sd1, sx0, sx1 float64
-		for n := 0; n < FrameBytes; n += 2 {
-			v0, v1 := xs[n], xs[n+1]
-			sd0 += d[n] * v0
-			sd1 += d[n+1] * v1
-			sx0 += xr[n] * v0
-			sx1 += xr[n+1] * v1
-		}
-		c.rxd[j] = lsForget*c.rxd[j] + sd0 + sd1
-		c.rxx[j] = lsForget*c.rxx[j] + sx0 + sx1
-	}
-	c.lsFrames++
+	c.accumulate(c.end - FrameBytes)
 	if c.lsFrames <= 25 || c.lsFrames%4 == 0 {
-		c.haveW = c.solve()
-		for i, v := range c.w {
-			c.wr[taps-1-i] = v
-		}
+		c.solveNow()
 	}
 }
 
-func (c *canceller) crossCorrelate(d *[FrameBytes]float64) {
+func (c *canceller) crossCorrelate(d *[FrameBytes]float64) (changed bool) {
 	var dd [decFr]float64
 	var ed float64
 	for i := range decFr {
@@ -256,6 +312,7 @@ func (c *canceller) crossCorrelate(d *[FrameBytes]float64) {
 	c.rxx, c.rxd, c.w = [taps]float64{}, [taps]float64{}, [taps]float64{}
 	c.haveW, c.lsFrames = false, 0
 	c.res, c.raw = ratioTrack{}, ratioTrack{}
+	return true
 }
 
 // solve solves the Toeplitz normal equations rxx·w = rxd (Levinson

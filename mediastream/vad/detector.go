@@ -161,13 +161,14 @@ type frameTrace struct {
 }
 
 const (
-	voicedMin       = 0.5 // periodicity of a voiced frame
-	dtmfMaxFraction = 0.5 // see dtmfFraction
-	activeMarginDB  = 6.0 // above floor: still sound (hangover, backdating)
-	promptMinDB     = -50.0
-	promptMarginDB  = 15.0
-	maxBackdateBlk  = 60 // 300 ms
-	bgDecayDB       = 0.02 * FrameMS / 20
+	voicedMin         = 0.5 // periodicity of a voiced frame
+	dtmfMaxFraction   = 0.5 // see dtmfFraction
+	activeMarginDB    = 6.0 // above floor: still sound (hangover, backdating)
+	promptMinDB       = -50.0
+	promptMarginDB    = 15.0
+	maxBackdateBlk    = 60 // 300 ms
+	bgDecayDB         = 0.02 * FrameMS / 20
+	rawOverEstimateDB = 1.0
 )
 
 // New returns a Detector with cfg (zero fields take their defaults).
@@ -231,7 +232,7 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 
 	d.hpIn.filter(&d.raw, inbound)
 	d.hpOut.filter(&d.out, outbound)
-	d.canc.push(&d.out)
+	d.canc.push(&d.out, &d.raw)
 	hasY := d.canc.estimate()
 	var res [FrameBytes]float64
 	if hasY {
@@ -285,6 +286,13 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	c := &d.cfg
 	var per, tonal float64
 	levelOK := inDB >= echoUp+c.EchoMarginDB && inDB >= d.floorDB+c.NoiseMarginDB
+	if md == modeResidual {
+		// A caller adds energy: the raw inbound is then above the echo
+		// estimate. A residual over its bound with the raw inbound not
+		// above ŷ is the filter failing on a sound it has not learnt.
+		y := max(d.yWin[last], d.yWin[(last-1)&ringMask], d.yWin[(last-2)&ringMask])
+		levelOK = levelOK && d.rawWin[last] >= y+rawOverEstimateDB
+	}
 	if levelOK { // the costly features only when the level could be speech
 		per, tonal = d.pitch.periodicity(), dtmfFraction(&d.in)
 	}

@@ -121,6 +121,9 @@ type Detector struct {
 	resWin, yWin  [ringBlocks]float64
 	thr           [ringBlocks]float64 // inbound activity threshold at block
 	echo          echoPath
+	// Frames of loud outbound, and those of them where the raw inbound
+	// came within quietSlackDB of the noise gate (see echoBound).
+	quietLoud, quietHigh int
 
 	// Inbound (caller).
 	floorDB       float64
@@ -169,6 +172,8 @@ const (
 	maxBackdateBlk    = 60 // 300 ms
 	bgDecayDB         = 0.02 * FrameMS / 20
 	rawOverEstimateDB = 1.0
+	quietMinFrames    = 100 // 2 s
+	quietSlackDB      = 3.0
 )
 
 // New returns a Detector with cfg (zero fields take their defaults).
@@ -357,6 +362,12 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	}
 
 	// ---- Adapt: noise floor and echo path, never from the caller. ----
+	if !d.callerOn && d.outWin[last] >= max(d.outFloorDB+loudAboveFloor, loudMinDB) {
+		d.quietLoud++
+		if d.rawWin[last] >= d.floorDB+c.NoiseMarginDB-quietSlackDB {
+			d.quietHigh++
+		}
+	}
 	if inDB < d.floorDB {
 		d.floorDB += 0.3 * (inDB - d.floorDB)
 	} else if !d.callerOn && !strong && inDB > echoUp {
@@ -414,6 +425,12 @@ func (d *Detector) echoBound(md mode, b int64) float64 {
 		// The estimate is least squares: it may fall short of the echo,
 		// not exceed it; a ratio under 0 dB is noise in the ratio.
 		return y + max(d.canc.raw.upper(), 0)
+	}
+	if d.canc.delay < 0 && d.quietLoud >= quietMinFrames && d.quietHigh*10 <= d.quietLoud {
+		// The outbound has been loud for seconds and the inbound rarely
+		// came near a caller's level meanwhile: whatever echo there is
+		// stays under the noise gate.
+		return minDB
 	}
 	if d.canc.sure && !d.echo.converged {
 		// The delay is known from the cross-correlation before the

@@ -64,6 +64,7 @@ const (
 	lsThin       = 4
 	loading      = 1e-2 // diagonal loading of the normal equations (−20 dB)
 	minTrust     = 30   // ratio samples (5 ms blocks) before a bound relative to ŷ is used
+	notEchoDB    = 10.0 // a ratio this far over its bound is not the echo
 	minLSFrames  = 10   // frames the filter has learnt from before it is used
 	yLoudDB      = 3.0  // ŷ windows this far over the noise floor measure the ratios
 )
@@ -400,6 +401,16 @@ func (t *ratioTrack) add(r float64) {
 	s[i] = r
 }
 
+// addEcho adds r unless, once the window is full enough to say so, it is
+// far over the bound: then it is another sound over the echo (background
+// talk, a key press), which would otherwise raise the bound for seconds.
+func (t *ratioTrack) addEcho(r float64) {
+	if t.n >= minTrust && r > t.up+notEchoDB {
+		return
+	}
+	t.add(r)
+}
+
 // update recomputes the bound after a frame's samples were added.
 func (t *ratioTrack) update() {
 	m := min(t.n, ratioWindow)
@@ -421,6 +432,18 @@ const (
 	modeEstimate             // raw inbound, bounded by ŷ's level plus the raw ratio
 	modeResidual             // the residual, bounded by ŷ's level plus the residual ratio
 )
+
+// explains says whether a raw inbound window (dB) can be echo alone,
+// given the estimate's window level yDB: a click or a key press far over
+// anything the echo has shown would skew the normal equations for
+// seconds. Until the raw ratio is known, everything can.
+func (c *canceller) explains(rawDB, yDB, floorDB float64) bool {
+	if !c.haveW || c.raw.n < minTrust {
+		return true
+	}
+	fl := math.Pow(10, floorDB/10)
+	return toDB(max(math.Pow(10, rawDB/10)-fl, fl/4))-yDB <= c.raw.upper()+notEchoDB
+}
 
 // fallback is the mode to use when the residual cannot be.
 func (c *canceller) fallback() mode {

@@ -384,7 +384,9 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	// The canceller learns on frames without the caller (its double-talk
 	// detector): no onset under way, nothing voiced over the echo bound.
 	if !d.callerOn && d.strongHist&(1<<uint(d.voiceWindowFrames)-1) == 0 && !voiced {
-		if !active { // nothing over the echo bound: echo (and noise) alone
+		// Nothing over the echo bound, nothing the echo estimate cannot
+		// explain: echo (and noise) alone.
+		if !active && d.canc.explains(d.rawWin[last], d.yWin[last], d.floorDB) {
 			d.canc.learn(&d.raw, f, d.rawWin[last] >= d.floorDB+activeMarginDB)
 		}
 		if hasY && d.canc.lsFrames >= minLSFrames {
@@ -396,8 +398,8 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 				}
 				resEcho := max(math.Pow(10, d.resWin[i]/10)-fl, fl/4)
 				rawEcho := max(math.Pow(10, d.rawWin[i]/10)-fl, fl/4)
-				d.canc.res.add(toDB(resEcho) - d.yWin[i])
-				d.canc.raw.add(toDB(rawEcho) - d.yWin[i])
+				d.canc.res.addEcho(toDB(resEcho) - d.yWin[i])
+				d.canc.raw.addEcho(toDB(rawEcho) - d.yWin[i])
 			}
 			d.canc.res.update()
 			d.canc.raw.update()

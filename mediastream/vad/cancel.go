@@ -65,7 +65,7 @@ const (
 	loading      = 1e-2 // diagonal loading of the normal equations (−20 dB)
 	minTrust     = 30   // ratio samples (5 ms blocks) before a bound relative to ŷ is used
 	notEchoDB    = 10.0 // a ratio this far over its bound is not the echo
-	minLSFrames  = 10   // frames the filter has learnt from before it is used
+	minLSFrames  = 10   // frames of audible echo the filter has learnt from before it is used
 	yLoudDB      = 3.0  // ŷ windows this far over the noise floor measure the ratios
 )
 
@@ -77,6 +77,7 @@ type canceller struct {
 	xb, db    [histKeep + histSlack]float32
 	end       int
 	learnable uint32                     // bit i: frame i back was learnt from (bit 0: the current one)
+	audible   uint32                     // bit i: and the inbound rose over its noise floor
 	xd        [xcMaxLags + decFr]float64 // decimated outbound history, newest last
 	cc        [xcMaxLags]float64         // leaky cross-correlation sums, per decimated lag
 	wsum      float64                    // leaky count of the frames in cc
@@ -89,13 +90,14 @@ type canceller struct {
 	sure       bool // the delay has held for xcSureHold frames
 	start      int  // first tap's delay (samples)
 
-	rxx, rxd [taps]float64
-	w        [taps]float64
-	wr       [taps]float64 // w reversed, for the filter's forward dot product
-	eligible int64         // frames the filter could have learnt from
-	haveW    bool
-	lsFrames int
-	fw, tmp  [taps]float64 // Levinson scratch
+	rxx, rxd  [taps]float64
+	w         [taps]float64
+	wr        [taps]float64 // w reversed, for the filter's forward dot product
+	eligible  int64         // frames the filter could have learnt from
+	haveW     bool
+	lsFrames  int
+	lsAudible int           // of them, frames where the echo rose over the noise
+	fw, tmp   [taps]float64 // Levinson scratch
 
 	y [FrameBytes]float64 // echo estimate of the current frame
 
@@ -123,6 +125,7 @@ func (c *canceller) push(out, in *[FrameBytes]float64) {
 	}
 	c.end += FrameBytes
 	c.learnable <<= 1
+	c.audible <<= 1
 	copy(c.xd[:], c.xd[decFr:])
 	base := len(c.xd) - decFr
 	for i := range decFr {
@@ -210,6 +213,9 @@ func (c *canceller) replay() {
 	for k := replayFrames - 1; k >= 1; k-- {
 		if c.learnable&(1<<k) != 0 && cur-k*FrameBytes-c.start-taps >= 0 {
 			c.accumulate(cur - k*FrameBytes)
+			if c.audible&(1<<k) != 0 {
+				c.lsAudible++
+			}
 		}
 	}
 	if c.lsFrames == 0 {
@@ -224,6 +230,9 @@ func (c *canceller) replay() {
 // of noise alone say nothing about the delay.
 func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
 	c.learnable |= 1
+	if audible {
+		c.audible |= 1
+	}
 	// Nothing to learn from while the outbound of the last 300 ms is silent.
 	var ex float64
 	for _, v := range c.xd[len(c.xd)-c.lags-decFr:] {
@@ -245,6 +254,9 @@ func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
 		return
 	}
 	c.accumulate(c.end - FrameBytes)
+	if audible {
+		c.lsAudible++
+	}
 	if c.lsFrames <= 25 || c.lsFrames%4 == 0 {
 		c.solveNow()
 	}
@@ -311,7 +323,7 @@ func (c *canceller) crossCorrelate(d *[FrameBytes]float64) (changed bool) {
 	c.delay, c.sure = best*decim, false
 	c.start = max(c.delay-tapLead+2, 0) // +2: the decimators' skew is within the taps
 	c.rxx, c.rxd, c.w = [taps]float64{}, [taps]float64{}, [taps]float64{}
-	c.haveW, c.lsFrames = false, 0
+	c.haveW, c.lsFrames, c.lsAudible = false, 0, 0
 	c.res, c.raw = ratioTrack{}, ratioTrack{}
 	return true
 }
@@ -455,7 +467,7 @@ func (c *canceller) fallback() mode {
 
 // mode picks the better bound once the ratios are known.
 func (c *canceller) mode() mode {
-	if c.delay < 0 || c.lsFrames < minLSFrames {
+	if c.delay < 0 || c.lsAudible < minLSFrames {
 		return modeLevels
 	}
 	resOK, rawOK := c.res.n >= minTrust, c.raw.n >= minTrust

@@ -389,7 +389,7 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 		if !active && d.canc.explains(d.rawWin[last], d.yWin[last], d.floorDB) {
 			d.canc.learn(&d.raw, f, d.rawWin[last] >= d.floorDB+activeMarginDB)
 		}
-		if hasY && d.canc.lsFrames >= minLSFrames {
+		if hasY && d.canc.lsAudible >= minLSFrames {
 			fl := math.Pow(10, d.floorDB/10)
 			for j := range int64(blocksPerFr) {
 				i := (b0 + j) & ringMask

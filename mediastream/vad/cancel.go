@@ -413,14 +413,16 @@ func (t *ratioTrack) add(r float64) {
 	s[i] = r
 }
 
-// addEcho adds r unless, once the window is full enough to say so, it is
-// far over the bound: then it is another sound over the echo (background
-// talk, a key press), which would otherwise raise the bound for seconds.
-func (t *ratioTrack) addEcho(r float64) {
-	if t.n >= minTrust && r > t.up+notEchoDB {
-		return
+// admits says whether a raw/ŷ ratio r can be the echo alone: not far
+// over the bound once the window is full enough to say so, nor, before,
+// far over 0 dB (ŷ is fitted to audible echo by then). Else it is another
+// sound over the echo (the caller, background talk, a key press), which
+// would otherwise raise both bounds for seconds.
+func (t *ratioTrack) admits(r float64) bool {
+	if t.n >= minTrust {
+		return r <= t.up+notEchoDB
 	}
-	t.add(r)
+	return r <= notEchoDB
 }
 
 // update recomputes the bound after a frame's samples were added.

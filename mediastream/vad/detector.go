@@ -398,8 +398,10 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 				}
 				resEcho := max(math.Pow(10, d.resWin[i]/10)-fl, fl/4)
 				rawEcho := max(math.Pow(10, d.rawWin[i]/10)-fl, fl/4)
-				d.canc.res.addEcho(toDB(resEcho) - d.yWin[i])
-				d.canc.raw.addEcho(toDB(rawEcho) - d.yWin[i])
+				if rawR := toDB(rawEcho) - d.yWin[i]; d.canc.raw.admits(rawR) {
+					d.canc.res.add(toDB(resEcho) - d.yWin[i])
+					d.canc.raw.add(rawR)
+				}
 			}
 			d.canc.res.update()
 			d.canc.raw.update()

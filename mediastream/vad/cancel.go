@@ -57,6 +57,7 @@ const (
 	histSlack    = 8 * FrameBytes                    // appended before the history is moved down
 	xcMinNCC     = 0.3
 	xcHold       = 3  // evaluations (frames) the lag must hold
+	xcEvery      = 25 // once the canceller is in use, one frame in xcEvery keeps the delay checked
 	xcMinFrames  = 4  // audible frames correlated before a lag is taken
 	xcSureHold   = 10 // frames a lag must hold before the levels are bounded at it alone
 	lsForget     = 0.995
@@ -81,9 +82,7 @@ type canceller struct {
 	xd        [xcMaxLags + decFr]float64 // decimated outbound history, newest last
 	cc        [xcMaxLags]float64         // leaky cross-correlation sums, per decimated lag
 	wsum      float64                    // leaky count of the frames in cc
-	lastNCC   float64                    // tests only
-	lastLag   int
-	xcFrames  int64 // frames accumulated
+	xcFrames  int64                      // frames accumulated
 
 	cand, hold int  // candidate lag and evaluations it has held
 	delay      int  // samples, -1 unknown
@@ -99,7 +98,8 @@ type canceller struct {
 	lsAudible int           // of them, frames where the echo rose over the noise
 	fw, tmp   [taps]float64 // Levinson scratch
 
-	y [FrameBytes]float64 // echo estimate of the current frame
+	y  [FrameBytes]float64            // echo estimate of the current frame
+	xs [taps - 1 + FrameBytes]float64 // scratch: the outbound under the taps
 
 	// Level ratios to the estimate ŷ, on echo-only windows: of the
 	// residual, and of the raw inbound.
@@ -150,44 +150,57 @@ func (c *canceller) estimate() bool {
 // into y; false (y untouched) when the outbound under the taps was silent.
 func (c *canceller) filter(p int, y *[FrameBytes]float64) bool {
 	base := p - c.start // x[n-start-j] = xb[base+n-j]
+	xs := c.span(base)
 	var e float64
-	for _, v := range c.xb[base-taps+1 : base+FrameBytes] {
-		e += float64(v) * float64(v)
+	for _, v := range xs {
+		e += v * v
 	}
 	if e < 1e-9 {
 		return false
 	}
 	wr := &c.wr
 	for n := range FrameBytes {
-		xs := c.xb[base+n-taps+1 : base+n+1] // xs[i] = x[n-start-(taps-1-i)]
-		xs = xs[:taps]
+		x := xs[n : n+taps] // x[i] = x[n-start-(taps-1-i)]
 		var s0, s1, s2, s3 float64
 		for i := 0; i < taps; i += 4 {
-			s0 += wr[i] * float64(xs[i])
-			s1 += wr[i+1] * float64(xs[i+1])
-			s2 += wr[i+2] * float64(xs[i+2])
-			s3 += wr[i+3] * float64(xs[i+3])
+			s0 += wr[i] * x[i]
+			s1 += wr[i+1] * x[i+1]
+			s2 += wr[i+2] * x[i+2]
+			s3 += wr[i+3] * x[i+3]
 		}
 		y[n] = s0 + s1 + s2 + s3
 	}
 	return true
 }
 
+// span converts the outbound under the taps for the frame whose delayed
+// first sample is at history index base (base-taps+1 .. base+FrameBytes)
+// into the scratch buffer, once, rather than in the inner loops.
+func (c *canceller) span(base int) *[taps - 1 + FrameBytes]float64 {
+	for i, v := range c.xb[base-taps+1 : base+FrameBytes] {
+		c.xs[i] = float64(v)
+	}
+	return &c.xs
+}
+
 // accumulate adds the frame starting at history index p to the normal
 // equations.
 func (c *canceller) accumulate(p int) {
-	base := p - c.start
-	xr := c.xb[base : base+FrameBytes]
-	d := c.db[p : p+FrameBytes]
+	xs := c.span(p - c.start)
+	var d [FrameBytes]float64
+	for n, v := range c.db[p : p+FrameBytes] {
+		d[n] = float64(v)
+	}
+	xr := xs[taps-1:] // x[n-start]
 	for j := range taps {
-		xs := c.xb[base-j : base-j+FrameBytes]
+		x := xs[taps-1-j : taps-1-j+FrameBytes] // x[n-start-j]
 		var sd0, sd1, sx0, sx1 float64
 		for n := 0; n < FrameBytes; n += 2 {
-			v0, v1 := float64(xs[n]), float64(xs[n+1])
-			sd0 += float64(d[n]) * v0
-			sd1 += float64(d[n+1]) * v1
-			sx0 += float64(xr[n]) * v0
-			sx1 += float64(xr[n+1]) * v1
+			v0, v1 := x[n], x[n+1]
+			sd0 += d[n] * v0
+			sd1 += d[n+1] * v1
+			sx0 += xr[n] * v0
+			sx1 += xr[n+1] * v1
 		}
 		c.rxd[j] = lsForget*c.rxd[j] + sd0 + sd1
 		c.rxx[j] = lsForget*c.rxx[j] + sx0 + sx1
@@ -241,7 +254,7 @@ func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
 	if ex < 1e-7 {
 		return
 	}
-	if audible && (c.mode() == modeLevels || frame%10 == 0) && c.crossCorrelate(d) {
+	if audible && (c.mode() == modeLevels || frame%xcEvery == 0) && c.crossCorrelate(d) {
 		c.replay()
 	}
 	if c.delay < 0 {
@@ -250,7 +263,14 @@ func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
 	// Once the filter has a second of echo behind it, one frame in
 	// lsThin is enough to follow a path that does not change in a call.
 	c.eligible++
-	if c.lsFrames >= lsFullFrames && c.eligible%lsThin != 0 {
+	thin := int64(1)
+	switch {
+	case c.lsFrames >= 4*lsFullFrames:
+		thin = 2 * lsThin
+	case c.lsFrames >= lsFullFrames:
+		thin = lsThin
+	}
+	if c.eligible%thin != 0 {
 		return
 	}
 	c.accumulate(c.end - FrameBytes)
@@ -302,7 +322,6 @@ func (c *canceller) crossCorrelate(d *[FrameBytes]float64) (changed bool) {
 			best, bestV = k, v
 		}
 	}
-	c.lastNCC, c.lastLag = bestV/c.wsum, best
 	if best < 0 || c.xcFrames < xcMinFrames || bestV/c.wsum < xcMinNCC {
 		c.hold = 0
 		return

@@ -238,6 +238,7 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	d.hpIn.filter(&d.raw, inbound)
 	d.hpOut.filter(&d.out, outbound)
 	d.canc.push(&d.out, &d.raw)
+	br, bo := blockEnergies(&d.raw), blockEnergies(&d.out)
 	hasY := d.canc.estimate()
 	var res [FrameBytes]float64
 	if hasY {
@@ -247,7 +248,7 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	} else {
 		res = d.raw
 	}
-	br, be, bo := blockEnergies(&d.raw), blockEnergies(&res), blockEnergies(&d.out)
+	be := blockEnergies(&res)
 	md := d.canc.mode()
 	if md == modeResidual && be[0]+be[1]+be[2]+be[3] > 0.8*(br[0]+br[1]+br[2]+br[3]) {
 		// The estimate did not remove energy here: it may be wrong for

@@ -9,41 +9,51 @@ import (
 // disclosure shows up at once, even when the echo is loud or the call
 // has only just begun.
 //
-// Two stages:
-//
 //  1. Coarse delay: the cross-correlation of the inbound with the
 //     outbound at 2 kHz (both decimated by 4) over every lag up to
-//     MaxEchoDelayMS, accumulated with a 4 s memory. A lag is taken once
-//     its normalized correlation is clear (≥ xcMinNCC) and has held for
-//     three frames; within 0.2–0.5 s of the disclosure's first echo.
-//  2. A 64-tap (8 ms) least-squares echo filter starting 2 ms before that
+//     MaxEchoDelayMS, each frame adding its own normalized correlation
+//     (so a loud key press or cough weighs no more than an echo frame),
+//     4 s memory, frames where the inbound is at its noise floor left
+//     out. A lag is taken once its mean correlation is ≥ xcMinNCC and it
+//     has held for three frames: 0.1–0.3 s after the echo is heard.
+//  2. A 64-tap (8 ms) least-squares echo filter from 2 ms before that
 //     delay: the outbound's autocorrelation and the outbound/inbound
-//     cross-correlation at those taps are accumulated (4 s memory) and
-//     the Toeplitz normal equations solved by Levinson recursion every
-//     few frames. Unlike NLMS, whose convergence on speech (a strongly
-//     coloured input) takes seconds, this converges as fast as the data
-//     allows, and anything uncorrelated with the outbound — the caller,
-//     background talk, noise — only adds variance, never bias.
+//     cross-correlation at those taps are accumulated (4 s memory, −20 dB
+//     diagonal loading) and the Toeplitz normal equations solved by
+//     Levinson recursion. Unlike NLMS, whose convergence on speech (a
+//     strongly coloured input) takes seconds, this converges as fast as
+//     the data allows, and what is uncorrelated with the outbound — the
+//     caller, background talk, noise — adds variance, not bias. When the
+//     delay is found, the last 400 ms of learnable frames are replayed
+//     into the equations, so the filter starts from the echo already
+//     heard.
 //
-// Accumulation pauses while the caller may be speaking (double talk):
-// whenever the detector holds the frame or its recent past to be the
-// caller (see Detector.Push). This is a residual-energy double-talk
-// detector: the residual is what the caller adds over the echo.
+// Double talk: the filter learns only from frames the detector holds to
+// be echo alone — no caller onset under way, nothing voiced or otherwise
+// over the echo bound, and (once known) the raw inbound not far over
+// anything the echo has shown relative to ŷ (explains). This is a
+// residual-energy double-talk detector with a Geigel-like guard on the
+// raw level: a caller freezes adaptation within the frame they rise over
+// the echo.
 //
-// The residual's echo is then bounded in the level domain, relative to
-// the filter's own echo estimate ŷ: the log ratio of the residual's 20 ms
-// window level (noise floor taken out) to ŷ's is tracked on echo-only
-// windows, as echo.go does for the raw echo, and the residual echo's
-// upper level is ŷ's level plus q50 + echoSigmas·spread of that ratio.
-// The canceller is trusted (its residual and bound used instead of the
-// raw inbound and echo.go's bound) once that upper ratio is below
-// −trustDB: it removes at least that much of the echo.
+// The echo left in the residual is bounded in the level domain relative
+// to the filter's own estimate ŷ (ratioTrack: order statistics of the
+// residual/ŷ window-level ratio over the last 128 echo-only blocks). The
+// detector then looks for the caller in the residual (modeResidual),
+// needing also the raw inbound to be over ŷ (a caller adds energy; a
+// residual over its bound with the raw inbound under ŷ is the filter
+// failing on a sound it has not learnt). Until the filter has fitted
+// 200 ms of audible echo and 30 ratio samples, echo.go's level-domain
+// bound stays in charge, at the cross-correlation delay once that has
+// held (boundAt).
 //
-// Cost: the filter 64 MACs per sample (≈10k per frame) while the outbound
-// of the last 300 ms is not silent; while learning, the cross-correlation
-// (≈20k MACs per frame until the canceller is trusted, then one frame in
-// 10) and the normal equations (≈20k MACs per frame) on frames without
-// the caller. See BenchmarkPush.
+// Cost (one core; see BenchmarkPush and BenchmarkPushCall): the filter,
+// 64 MACs per sample (≈10k per frame) whenever the outbound under the
+// taps is not silent; learning, ≈20k MACs per learnt frame for the first
+// second of echo, then one frame in 4 and, after 4 s, one in 8; the
+// cross-correlation ≈20k MACs per frame until the canceller is in use,
+// then one frame in 25; a replay of ≤ 20 frames once per delay found.
+// Memory: ≈57 KB of sample history per Detector (float32).
 
 const (
 	decim        = 4 // coarse delay at 2 kHz

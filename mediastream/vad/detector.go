@@ -96,7 +96,8 @@ func (c Change) Any() bool { return c.CallerOnset || c.CallerEnd || c.PromptOnse
 // Detector follows one Media Stream: the outbound track (what the caller
 // hears) and the inbound track (what their line sends back), frame by
 // frame. It is not safe for concurrent use; one per stream. It holds no
-// audio beyond 640 ms of levels and 26 ms of samples.
+// audio beyond 640 ms of levels and, for the echo canceller, 0.7 s of
+// both tracks' samples (never written anywhere).
 type Detector struct {
 	cfg                                 Config
 	minVoicedFrames, hangFrames         int64

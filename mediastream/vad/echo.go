@@ -2,7 +2,9 @@ package vad
 
 import "math"
 
-// Echo path estimation in the level domain.
+// Echo path estimation in the level domain: the fallback of cancel.go's
+// sample-level canceller, in charge until that has learnt the echo (the
+// first ~0.5 s of it) or when the tracks do not correlate.
 //
 // The inbound echo is the outbound delayed by d (0–250 ms), attenuated and
 // band-limited. Rather than cancelling it sample by sample (an adaptive

@@ -48,3 +48,24 @@ func TestPushDoesNotAllocate(t *testing.T) {
 	d.Push(nil, nil) // absent frames are silence, no panic
 	d.Push([]byte{0xFF}, make([]byte, 400))
 }
+
+// BenchmarkPushCall is BenchmarkPush from a fresh Detector over a whole
+// call with a loud echo, the canceller's learning included: ns/op is per
+// frame on average over the call.
+func BenchmarkPushCall(b *testing.B) {
+	calls, err := audiofixtures.Calls()
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := calls[1] // dev_loud_echo: echo at 0.30 for the whole disclosure
+	frames := len(c.Inbound) / FrameBytes
+	b.ReportAllocs()
+	var d *Detector
+	for i := 0; b.Loop(); i++ {
+		f := i % frames
+		if f == 0 {
+			d = New()
+		}
+		d.Push(c.Inbound[f*FrameBytes:(f+1)*FrameBytes], c.Outbound[f*FrameBytes:(f+1)*FrameBytes])
+	}
+}

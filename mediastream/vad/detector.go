@@ -1,6 +1,9 @@
 package vad
 
-import "math/bits"
+import (
+	"math"
+	"math/bits"
+)
 
 // Config tunes a Detector. The zero value of every field means its default;
 // New() uses all defaults. Levels are dBFS of the 200 Hz high-passed signal
@@ -93,7 +96,8 @@ func (c Change) Any() bool { return c.CallerOnset || c.CallerEnd || c.PromptOnse
 // Detector follows one Media Stream: the outbound track (what the caller
 // hears) and the inbound track (what their line sends back), frame by
 // frame. It is not safe for concurrent use; one per stream. It holds no
-// audio beyond 640 ms of levels and 26 ms of samples.
+// audio beyond 640 ms of levels and, for the echo canceller, 0.7 s of
+// both tracks' samples (never written anywhere).
 type Detector struct {
 	cfg                                 Config
 	minVoicedFrames, hangFrames         int64
@@ -102,16 +106,25 @@ type Detector struct {
 	frame int64 // frames pushed so far
 
 	hpIn, hpOut highPass
-	in, out     [FrameBytes]float64
+	raw, out    [FrameBytes]float64 // high-passed inbound and outbound
+	in          [FrameBytes]float64 // what the caller is looked for in: raw, or the echo canceller's residual
 	pitch       pitchBuf
+	canc        canceller
 
 	// Per 5 ms block rings (index b&ringMask, b = absolute block number).
 	inLin, outLin [blocksPerFr]float64 // linear block energies, last 4 blocks
 	outWin        [ringBlocks]float64  // outbound 20 ms window level ending at block
 	inWin         [ringBlocks]float64  // inbound 20 ms window level ending at block
 	inBlk, outBlk [ringBlocks]float64  // 5 ms block levels
-	thr           [ringBlocks]float64  // inbound activity threshold at block
+	rawLin        [blocksPerFr]float64 // raw inbound, for echo.go's level-domain path
+	rawWin        [ringBlocks]float64
+	resLin, yLin  [blocksPerFr]float64 // canceller residual and echo estimate
+	resWin, yWin  [ringBlocks]float64
+	thr           [ringBlocks]float64 // inbound activity threshold at block
 	echo          echoPath
+	// Frames of loud outbound, and those of them where the raw inbound
+	// came within quietSlackDB of the noise gate (see echoBound).
+	quietLoud, quietHigh int
 
 	// Inbound (caller).
 	floorDB       float64
@@ -146,16 +159,22 @@ type frameTrace struct {
 	inDB, floorDB, echoUpDB, bgDB, outDB float64
 	periodicity, tonalDB                 float64
 	strong, active, callerOn             bool
+	rawDB, yDB, resDB, resUpDB, rawUpDB  float64 // raw inbound, echo estimate, residual, ratio bounds
+	mode                                 int
+	delayMS                              int
 }
 
 const (
-	voicedMin       = 0.5 // periodicity of a voiced frame
-	dtmfMaxFraction = 0.5 // see dtmfFraction
-	activeMarginDB  = 6.0 // above floor: still sound (hangover, backdating)
-	promptMinDB     = -50.0
-	promptMarginDB  = 15.0
-	maxBackdateBlk  = 60 // 300 ms
-	bgDecayDB       = 0.02 * FrameMS / 20
+	voicedMin         = 0.5 // periodicity of a voiced frame
+	dtmfMaxFraction   = 0.5 // see dtmfFraction
+	activeMarginDB    = 6.0 // above floor: still sound (hangover, backdating)
+	promptMinDB       = -50.0
+	promptMarginDB    = 15.0
+	maxBackdateBlk    = 60 // 300 ms
+	bgDecayDB         = 0.02 * FrameMS / 20
+	rawOverEstimateDB = 1.0
+	quietMinFrames    = 100 // 2 s
+	quietSlackDB      = 3.0
 )
 
 // New returns a Detector with cfg (zero fields take their defaults).
@@ -172,6 +191,7 @@ func New(cfg ...Config) *Detector {
 	d.promptHangFrames = int64((c.PromptHangoverMS + FrameMS - 1) / FrameMS)
 	d.echo.lags = c.MaxEchoDelayMS/blockMS + 1
 	d.echo.cand = -1
+	d.canc.init(c.MaxEchoDelayMS)
 	d.bgDB, d.floorDB, d.outFloorDB = minDB, minDB, minDB
 	d.lastCallerOn, d.firstPromptOn, d.lastPromptEnd, d.lastPromptOnMS = -1, -1, -1, -1
 	for i := range d.pendingBg {
@@ -179,6 +199,7 @@ func New(cfg ...Config) *Detector {
 	}
 	for i := range d.outWin {
 		d.outWin[i], d.inWin[i], d.inBlk[i], d.outBlk[i], d.thr[i] = minDB, minDB, minDB, minDB, 0
+		d.rawWin[i], d.resWin[i], d.yWin[i] = minDB, minDB, minDB
 	}
 	return d
 }
@@ -215,15 +236,47 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	d.frame++
 	b0 := f * blocksPerFr
 
-	d.hpIn.filter(&d.in, inbound)
+	d.hpIn.filter(&d.raw, inbound)
 	d.hpOut.filter(&d.out, outbound)
-	bi, bo := blockEnergies(&d.in), blockEnergies(&d.out)
+	d.canc.push(&d.out, &d.raw)
+	br, bo := blockEnergies(&d.raw), blockEnergies(&d.out)
+	hasY := d.canc.estimate()
+	var res [FrameBytes]float64
+	if hasY {
+		for i, v := range d.raw {
+			res[i] = v - d.canc.y[i]
+		}
+	} else {
+		res = d.raw
+	}
+	be := blockEnergies(&res)
+	md := d.canc.mode()
+	if md == modeResidual && be[0]+be[1]+be[2]+be[3] > 0.8*(br[0]+br[1]+br[2]+br[3]) {
+		// The estimate did not remove energy here: it may be wrong for
+		// this sound (the filter has not seen its like yet), so the
+		// residual says nothing; the raw inbound and ŷ's level do.
+		md = d.canc.fallback()
+	}
+	bi := br
+	if md == modeResidual {
+		d.in, bi = res, be
+	} else {
+		d.in = d.raw
+	}
+	var by [blocksPerFr]float64
+	if hasY {
+		by = blockEnergies(&d.canc.y)
+	}
+	win := func(lin *[blocksPerFr]float64) float64 {
+		return toDB((lin[0] + lin[1] + lin[2] + lin[3]) / blocksPerFr)
+	}
 	for j := range int64(blocksPerFr) {
 		b := b0 + j
 		i := b & ringMask
-		d.inLin[b%blocksPerFr], d.outLin[b%blocksPerFr] = bi[j], bo[j]
-		d.inWin[i] = toDB((d.inLin[0] + d.inLin[1] + d.inLin[2] + d.inLin[3]) / blocksPerFr)
-		d.outWin[i] = toDB((d.outLin[0] + d.outLin[1] + d.outLin[2] + d.outLin[3]) / blocksPerFr)
+		k := b % blocksPerFr
+		d.inLin[k], d.outLin[k], d.rawLin[k], d.resLin[k], d.yLin[k] = bi[j], bo[j], br[j], be[j], by[j]
+		d.inWin[i], d.outWin[i] = win(&d.inLin), win(&d.outLin)
+		d.rawWin[i], d.resWin[i], d.yWin[i] = win(&d.rawLin), win(&d.resLin), win(&d.yLin)
 		d.inBlk[i], d.outBlk[i] = toDB(bi[j]), toDB(bo[j])
 	}
 	last := (b0 + blocksPerFr - 1) & ringMask
@@ -235,11 +288,18 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	if !d.floorInit {
 		d.floorDB, d.floorInit = inDB, true
 	}
-	echoUp := d.echo.bound(&d.outWin, b0+blocksPerFr-1)
+	echoUp := d.echoBound(md, b0+blocksPerFr-1)
 	d.pitch.push(&d.in)
 	c := &d.cfg
 	var per, tonal float64
 	levelOK := inDB >= echoUp+c.EchoMarginDB && inDB >= d.floorDB+c.NoiseMarginDB
+	if md == modeResidual {
+		// A caller adds energy: the raw inbound is then above the echo
+		// estimate. A residual over its bound with the raw inbound not
+		// above ŷ is the filter failing on a sound it has not learnt.
+		y := max(d.yWin[last], d.yWin[(last-1)&ringMask], d.yWin[(last-2)&ringMask])
+		levelOK = levelOK && d.rawWin[last] >= y+rawOverEstimateDB
+	}
 	if levelOK { // the costly features only when the level could be speech
 		per, tonal = d.pitch.periodicity(), dtmfFraction(&d.in)
 	}
@@ -251,7 +311,7 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	lastActiveBlk := int64(-1)
 	for j := range int64(blocksPerFr) {
 		b := b0 + j
-		d.thr[b&ringMask] = max(activeThr, d.echo.bound(&d.outWin, b))
+		d.thr[b&ringMask] = max(activeThr, d.echoBound(md, b))
 		if d.inBlk[b&ringMask] >= d.thr[b&ringMask] {
 			lastActiveBlk = b
 		}
@@ -304,6 +364,12 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	}
 
 	// ---- Adapt: noise floor and echo path, never from the caller. ----
+	if !d.callerOn && d.outWin[last] >= max(d.outFloorDB+loudAboveFloor, loudMinDB) {
+		d.quietLoud++
+		if d.rawWin[last] >= d.floorDB+c.NoiseMarginDB-quietSlackDB {
+			d.quietHigh++
+		}
+	}
 	if inDB < d.floorDB {
 		d.floorDB += 0.3 * (inDB - d.floorDB)
 	} else if !d.callerOn && !strong && inDB > echoUp {
@@ -313,16 +379,71 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 		loud := max(d.outFloorDB+loudAboveFloor, loudMinDB)
 		for j := range int64(blocksPerFr) {
 			b := b0 + j
-			d.echo.learn(&d.outWin, b, d.inWin[b&ringMask], loud, d.floorDB)
+			d.echo.learn(&d.outWin, b, d.rawWin[b&ringMask], loud, d.floorDB)
 		}
 		d.echo.settle()
+	}
+	// The canceller learns on frames without the caller (its double-talk
+	// detector): no onset under way, nothing voiced over the echo bound.
+	if !d.callerOn && d.strongHist&(1<<uint(d.voiceWindowFrames)-1) == 0 && !voiced {
+		// Nothing over the echo bound, nothing the echo estimate cannot
+		// explain: echo (and noise) alone.
+		if !active && d.canc.explains(d.rawWin[last], d.yWin[last], d.floorDB) {
+			d.canc.learn(&d.raw, f, d.rawWin[last] >= d.floorDB+activeMarginDB)
+		}
+		if hasY && d.canc.lsAudible >= minLSFrames {
+			fl := math.Pow(10, d.floorDB/10)
+			for j := range int64(blocksPerFr) {
+				i := (b0 + j) & ringMask
+				if d.yWin[i] < d.floorDB+yLoudDB {
+					continue
+				}
+				resEcho := max(math.Pow(10, d.resWin[i]/10)-fl, fl/4)
+				rawEcho := max(math.Pow(10, d.rawWin[i]/10)-fl, fl/4)
+				if rawR := toDB(rawEcho) - d.yWin[i]; d.canc.raw.admits(rawR) {
+					d.canc.res.add(toDB(resEcho) - d.yWin[i])
+					d.canc.raw.add(rawR)
+				}
+			}
+			d.canc.res.update()
+			d.canc.raw.update()
+		}
 	}
 
 	if d.trace != nil {
 		d.trace(frameTrace{ms: f * FrameMS, inDB: inDB, floorDB: d.floorDB, echoUpDB: echoUp, bgDB: d.bgDB,
-			outDB: d.outWin[last], periodicity: per, tonalDB: tonal, strong: strong, active: active, callerOn: d.callerOn})
+			outDB: d.outWin[last], periodicity: per, tonalDB: tonal, strong: strong, active: active, callerOn: d.callerOn,
+			rawDB: d.rawWin[last], yDB: d.yWin[last], resUpDB: d.canc.res.upper(), rawUpDB: d.canc.raw.upper(), resDB: d.resWin[last], mode: int(md), delayMS: d.canc.delay / 8})
 	}
 	return ch
+}
+
+// echoBound is the highest level of the inbound window ending at block b
+// that the outbound explains: of the canceller's residual when it is
+// trusted (its echo estimate's level, at most 10 ms back, plus the learnt
+// residual ratio), else of the raw inbound (echo.go).
+func (d *Detector) echoBound(md mode, b int64) float64 {
+	y := max(d.yWin[b&ringMask], d.yWin[(b-1)&ringMask], d.yWin[(b-2)&ringMask])
+	switch md {
+	case modeResidual:
+		return y + d.canc.res.upper()
+	case modeEstimate:
+		// The estimate is least squares: it may fall short of the echo,
+		// not exceed it; a ratio under 0 dB is noise in the ratio.
+		return y + max(d.canc.raw.upper(), 0)
+	}
+	if d.canc.delay < 0 && d.quietLoud >= quietMinFrames && d.quietHigh*10 <= d.quietLoud {
+		// The outbound has been loud for seconds and the inbound rarely
+		// came near a caller's level meanwhile: whatever echo there is
+		// stays under the noise gate.
+		return minDB
+	}
+	if d.canc.sure && !d.echo.converged {
+		// The delay is known from the cross-correlation before the
+		// level-domain search settles: bound by the outbound around it.
+		return d.echo.boundAt(&d.outWin, b, d.canc.delay/(blockLen))
+	}
+	return d.echo.bound(&d.outWin, b)
 }
 
 // backdate finds where the run of sound containing frame first began: the

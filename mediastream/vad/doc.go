@@ -17,16 +17,20 @@
 //     mains hum and its low harmonics, DC and most rumble), and an
 //     adaptive noise floor (quick to fall, slow to rise, frozen while the
 //     caller speaks) sets the level speech must clear (NoiseMarginDB).
-//   - Echo of the disclosure: learnt from the outbound track in the level
-//     domain (see echo.go): the echo's delay (0–250 ms, 5 ms steps) and
-//     the upper level the outbound explains at that delay. Frames not
-//     above it by EchoMarginDB are not the caller. Learning pauses while
-//     the caller speaks, so a caller talking over the disclosure (double
-//     talk) is still found when ~10 dB above the echo's typical level; a
-//     caller closer to a loud echo (gain ≥ 0.2), or one barging in before
-//     the path is learnt (about the first 1–1.5 s of prompt speech, when
-//     the bound is a conservative outbound level − 3 dB), is found at the
-//     prompt's next pause instead, up to a second late.
+//   - Echo of the disclosure: cancelled sample by sample (see cancel.go):
+//     the echo's delay (0–250 ms) is found by cross-correlating the two
+//     tracks, a 64-tap least-squares filter at that delay predicts the
+//     echo ŷ, and the caller is looked for in what is left (the
+//     residual), over a bound learnt relative to ŷ's level. Adaptation
+//     freezes on frames the echo cannot explain (double talk), so a
+//     caller talking over the disclosure is found as they start, even
+//     within a few dB of a loud echo, from about 0.5 s after the echo is
+//     first heard. Before that (or when the tracks do not correlate), the
+//     bound is the level-domain one of echo.go: the upper level the
+//     outbound explains at each delay, a conservative outbound − 3 dB
+//     until learnt; a caller barging in then is found up to ~0.5 s late.
+//     An echo that stays under the noise gate for seconds of loud
+//     outbound is no echo at all.
 //   - Background talk: distant talk is "well below" the caller, which we
 //     take as ≥ 12–15 dB under a handset caller. Two gates enforce it: an
 //     absolute one (voiced frames of an onset reach SpeechLevelDB, −30
@@ -41,6 +45,7 @@
 //     puts nearly all its energy at one row and one column frequency
 //     (Goertzel), which speech never does; such frames do not count.
 //
-// Cost: about 4 µs per Push on one core (both tracks), no allocations;
-// see BenchmarkPush.
+// Cost: about 14 µs per Push on one core (both tracks; 4 µs before echo
+// cancellation), no allocations; see BenchmarkPush and BenchmarkPushCall.
+// A Detector holds about 92 KB, most of it 0.7 s of both tracks' samples.
 package vad

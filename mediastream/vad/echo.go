@@ -2,7 +2,9 @@ package vad
 
 import "math"
 
-// Echo path estimation in the level domain.
+// Echo path estimation in the level domain: the fallback of cancel.go's
+// sample-level canceller, in charge until that has learnt the echo (the
+// first ~0.5 s of it) or when the tracks do not correlate.
 //
 // The inbound echo is the outbound delayed by d (0–250 ms), attenuated and
 // band-limited. Rather than cancelling it sample by sample (an adaptive
@@ -160,6 +162,16 @@ func (e *echoPath) bound(outRing *[ringBlocks]float64, b int64) float64 {
 		m = max(m, outRing[(b-int64(k))&ringMask])
 	}
 	return m + e.upDB
+}
+
+// boundAt is bound with the delay given (blocks): the outbound around it
+// plus each lag's own estimate (the prior until it has one).
+func (e *echoPath) boundAt(outRing *[ringBlocks]float64, b int64, delay int) float64 {
+	m := minDB
+	for k := max(delay-echoSpread, 0); k <= min(delay+echoSpread+1, e.lags-1); k++ {
+		m = max(m, outRing[(b-int64(k))&ringMask]+e.upper(k))
+	}
+	return m
 }
 
 func abs(v int) int {

@@ -309,13 +309,11 @@ func TestVariations(t *testing.T) {
 		}
 		e := first - v.callerOnsetMS
 		if v.doubleTalk() {
-			// Known limit of level-domain echo rejection (see echo.go): a
-			// caller within ~10 dB of the echo's upper level, or barging
-			// in before the echo path is learnt, is found in the prompt's
-			// next pause, not at once. Never early; found within 1.5 s.
+			// Over the echo (cancelled, see cancel.go): held to the same
+			// bounds as an answer after the prompt.
 			table.WriteString(line + pad(itoa(e), 8) + v.name + "  [double talk]\n")
 			loudErrs = append(loudErrs, e)
-			if e < minErrMS || e > maxLoudDoubleTalkErrMS {
+			if e < minErrMS || e > maxErrMS {
 				t.Errorf("variation %d (%s): onset %d, true %d", i, v.name, first, v.callerOnsetMS)
 			}
 			continue
@@ -328,18 +326,247 @@ func TestVariations(t *testing.T) {
 	}
 	t.Log("\n#   true    got     err     scenario\n" + table.String())
 	checkErrors(t, "variations, answer after the prompt", errs)
-	med, lo, hi := onsetStats(loudErrs)
-	t.Logf("variations, barge-in over the prompt: %d onsets, error median %d ms, min %d ms, max %d ms", len(loudErrs), med, lo, hi)
-	if med > maxMedianErrMS {
-		t.Errorf("barge-in onset error median %d ms, want ≤ %d", med, maxMedianErrMS)
-	}
+	checkErrors(t, "variations, barge-in over the prompt", loudErrs)
 }
-
-// maxLoudDoubleTalkErrMS bounds how late a barge-in over the prompt's
-// echo may be found (in the prompt's next pause at worst).
-const maxLoudDoubleTalkErrMS = 1500
 
 // doubleTalk: the caller starts while the prompt (and its echo) plays.
 func (v variation) doubleTalk() bool {
 	return v.callerOnsetMS >= 0 && v.callerOnsetMS < v.promptEndMS
+}
+
+// frameLevel90 is the 90th percentile of the 20 ms frame levels of x
+// within [fromMS, toMS), frames under −60 dBFS left out.
+func frameLevel90(x []float64, fromMS, toMS int64) float64 {
+	var lv []float64
+	for i := int(fromMS) * 8; i+FrameBytes <= min(int(toMS)*8, len(x)); i += FrameBytes {
+		var e float64
+		for _, v := range x[i : i+FrameBytes] {
+			e += v * v
+		}
+		if l := toDB(e / FrameBytes); l > -60 {
+			lv = append(lv, l)
+		}
+	}
+	if len(lv) == 0 {
+		return minDB
+	}
+	slices.Sort(lv)
+	return lv[len(lv)*9/10]
+}
+
+// hardVariation is a generated call for TestBargeInVariations: the caller
+// (if any) barges in from 0.5 s into the disclosure on, over an echo of
+// gain 0.03–0.5 and delay 0–250 ms, 6–20 dB above the echo (and never
+// quieter than a caller on a handset); background talk 12–20 dB under
+// the caller; line noise, hum, DTMF, clicks and a cough as before.
+type hardVariation struct {
+	variation
+	aboveEchoDB float64 // the caller's level over the echo's (90th percentiles)
+}
+
+func makeHardVariation(rng *rand.Rand, disclosure []float64, disclosureOnsetMS, disclosureEndMS int64, clips []audiofixtures.Clip, speech []int, withCaller bool) hardVariation {
+	const lengthMS = 17000
+	n := lengthMS * SampleRate / 1000
+	out := make([]float64, n)
+	copy(out, disclosure)
+	in := make([]float64, n)
+	var name strings.Builder
+
+	delay := rng.IntN(251)
+	gain := 0.03 + rng.Float64()*0.47
+	fc := 800 + rng.Float64()*2600
+	echo := echoOf(out, delay, gain, fc)
+	echoDB := frameLevel90(echo, disclosureOnsetMS, disclosureEndMS+int64(delay))
+	addAt(in, echo, 0, 1)
+	name.WriteString("echo=" + itoa(int64(delay)) + "ms@" + itoa(int64(gain*100)) + "%")
+
+	switch rng.IntN(3) {
+	case 0:
+		lv := -70 + rng.Float64()*20
+		addWhite(in, rng, lv)
+		name.WriteString(" white" + itoa(int64(lv)))
+	case 1:
+		lv := -60 + rng.Float64()*25
+		addBrown(in, rng, lv)
+		name.WriteString(" brown" + itoa(int64(lv)))
+	default:
+		addWhite(in, rng, -75)
+	}
+	if rng.IntN(2) == 0 {
+		hz := []float64{50, 60}[rng.IntN(2)]
+		lv := -45 + rng.Float64()*15
+		addHum(in, hz, lv)
+		name.WriteString(" hum" + itoa(int64(hz)) + "@" + itoa(int64(lv)))
+	}
+
+	callerMS, ci := -1, 0
+	callerDB := callerLevelDB + rng.Float64()*6 - 3
+	above := 6 + rng.Float64()*14
+	callerDB = min(max(callerDB, echoDB+above), -8)
+	if withCaller {
+		ci = speech[rng.IntN(len(speech))]
+		from := int(disclosureOnsetMS) + 500
+		if rng.IntN(2) == 0 { // early: before the echo path could be learnt from levels
+			callerMS = from + rng.IntN(1500)
+		} else {
+			callerMS = from + rng.IntN(int(disclosureEndMS)-from-300)
+		}
+	}
+	end := lengthMS - 500
+	if callerMS > 0 {
+		end = callerMS - 300
+	}
+	if rng.IntN(2) == 0 && end > 1500 { // background talk 12–20 dB under the caller
+		bi := speech[rng.IntN(len(speech))]
+		if bi == ci {
+			bi = speech[(slices.Index(speech, bi)+1)%len(speech)]
+		}
+		b := clips[bi]
+		under := 12 + rng.Float64()*8
+		// Under the quietest generated caller too (−22 dBFS): talk 12 dB
+		// under a louder caller but above −30 dBFS would be a caller.
+		g := math.Pow(10, (min(callerDB, callerLevelDB-3)-under-speechLevel(b))/20)
+		at := 500 + rng.IntN(max(end-500-int(b.SpeechMS)-int(b.OnsetMS), 1))
+		x := linear(b.Audio)
+		addAt(in, x[int(b.OnsetMS)*8:int(b.OnsetMS+b.SpeechMS)*8], at*8, g)
+		name.WriteString(" background-" + itoa(int64(under)) + "dB@" + itoa(int64(at)))
+	}
+	if k := rng.IntN(3); k > 0 && end > 1000 {
+		at := 300 + rng.IntN(max(end-500-300*k, 1))
+		for ; k > 0; k-- {
+			addDTMF(in, rng, at)
+			name.WriteString(" dtmf@" + itoa(int64(at)))
+			at += 300
+		}
+	}
+	for k := rng.IntN(3); k > 0; k-- {
+		at := 300 + rng.IntN(max(end-300, 1))
+		addClick(in, at)
+		name.WriteString(" click@" + itoa(int64(at)))
+	}
+	if rng.IntN(3) == 0 && end > 1000 {
+		for _, c := range clips {
+			if c.File == "cough_only.ulaw" {
+				at := 300 + rng.IntN(max(end-500, 1))
+				x := linear(c.Audio)
+				addAt(in, x[int(c.OnsetMS)*8-400:], at*8-400, 0.5)
+				name.WriteString(" cough@" + itoa(int64(at)))
+			}
+		}
+	}
+	if withCaller {
+		c := clips[ci]
+		g := math.Pow(10, (callerDB-speechLevel(c))/20)
+		x := linear(c.Audio)
+		start := callerMS*8 - int(c.OnsetMS)*8
+		lead := x[:int(c.OnsetMS-50)*8]
+		for at := 0; at < start; at += len(lead) {
+			addAt(in, lead[:min(len(lead), start-at)], at, g)
+		}
+		addAt(in, x, start, g)
+		name.WriteString(" caller=" + strings.TrimSuffix(c.File, ".ulaw") + "@" + itoa(int64(callerMS)) +
+			" +" + itoa(int64(callerDB-echoDB)) + "dB")
+	}
+	return hardVariation{
+		variation:   variation{name: name.String(), in: encode(in), out: encode(out), callerOnsetMS: int64(callerMS), promptEndMS: disclosureEndMS},
+		aboveEchoDB: callerDB - echoDB,
+	}
+}
+
+// maxLateBargeInErrMS is how late any barge-in may be found. The target
+// (maxErrMS) is missed by a few callers who barge in before about 0.5 s
+// of the echo has been heard (the echo path cannot be told from them
+// yet) or while the filter is misled: they are logged, found at the
+// prompt's next pause at worst.
+const maxLateBargeInErrMS = 1500
+
+// bargeInSeeds are the seeds TestBargeInVariations runs; each gives 40
+// calls with a barge-in and 20 without a caller.
+var bargeInSeeds = []uint64{1, 2, 3}
+
+// TestBargeInVariations holds barge-ins over the disclosure, from 0.5 s
+// into it on and over echoes up to gain 0.5, for callers at least 6 dB
+// above the echo, per seed: every one found, none earlier than 40 ms,
+// median ≤ 60 ms and 90th percentile ≤ 120 ms late, none later than
+// maxLateBargeInErrMS (those over 120 ms are logged). No onset at all
+// without a caller.
+func TestBargeInVariations(t *testing.T) {
+	clips, err := audiofixtures.Clips()
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls, err := audiofixtures.Calls()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var disclosure []float64
+	var onset, end int64
+	for _, c := range calls {
+		if c.CallerOnsetMS < 0 {
+			disclosure, onset, end = linear(c.Outbound), c.DisclosureOnsetMS, c.DisclosureEndMS
+		}
+	}
+	var speech []int
+	for i, c := range clips {
+		if c.IsSpeech() {
+			speech = append(speech, i)
+		}
+	}
+	var all []int64
+	for _, seed := range bargeInSeeds {
+		rng := rand.New(rand.NewPCG(seed, 11))
+		var errs []int64
+		var table strings.Builder
+		for i := range 60 {
+			withCaller := i < 40
+			v := makeHardVariation(rng, disclosure, onset, end, clips, speech, withCaller)
+			r := run(v.in, v.out)
+			first := int64(-1)
+			if len(r.callerOnsets) > 0 {
+				first = r.callerOnsets[0]
+			}
+			line := pad(itoa(int64(i)), 4) + pad(itoa(v.callerOnsetMS), 8) + pad(itoa(first), 8)
+			switch {
+			case !withCaller:
+				table.WriteString(line + "        " + v.name + "\n")
+				if first >= 0 {
+					t.Errorf("seed %d variation %d (%s): onsets %v, want none", seed, i, v.name, r.callerOnsets)
+				}
+			case first < 0:
+				table.WriteString(line + "-       " + v.name + "\n")
+				t.Errorf("seed %d variation %d (%s): no onset", seed, i, v.name)
+			default:
+				e := first - v.callerOnsetMS
+				table.WriteString(line + pad(itoa(e), 8) + v.name + "\n")
+				if v.aboveEchoDB < 6 { // not held to the target
+					continue
+				}
+				errs = append(errs, e)
+				switch {
+				case e < minErrMS || e > maxLateBargeInErrMS:
+					t.Errorf("seed %d variation %d (%s): onset %d, true %d", seed, i, v.name, first, v.callerOnsetMS)
+				case e > maxErrMS:
+					t.Logf("seed %d variation %d (%s): %d ms late (over the %d ms target)", seed, i, v.name, e, maxErrMS)
+				}
+			}
+		}
+		t.Logf("seed %d\n#   true    got     err     scenario\n%s", seed, table.String())
+		if len(errs) == 0 {
+			t.Fatalf("seed %d: no barge-ins measured", seed)
+		}
+		s := slices.Clone(errs)
+		slices.Sort(s)
+		med, p90 := s[len(s)/2], s[len(s)*9/10]
+		t.Logf("barge-ins, seed %d: %d onsets, error min %d, median %d, p90 %d, max %d ms", seed, len(s), s[0], med, p90, s[len(s)-1])
+		if med > maxMedianErrMS || p90 > maxErrMS {
+			t.Errorf("barge-ins, seed %d: error median %d, p90 %d ms; want ≤ %d and ≤ %d", seed, med, p90, maxMedianErrMS, maxErrMS)
+		}
+		all = append(all, errs...)
+	}
+	s := slices.Clone(all)
+	slices.Sort(s)
+	if len(s) > 0 {
+		t.Logf("barge-ins, all seeds: %d onsets, error p10 %d, median %d, p90 %d, max %d ms",
+			len(s), s[len(s)/10], s[len(s)/2], s[len(s)*9/10], s[len(s)-1])
+	}
 }

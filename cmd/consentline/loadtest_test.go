@@ -98,7 +98,7 @@ func TestLoadtestWebhooks(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("loadtest: exit %d\n%s%s", code, out, errOut)
 	}
-	for _, want := range []string{"(40 of 40 started calls without an error)", "\nerrors: 0\n", "consent_records in the embedded database"} {
+	for _, want := range []string{"(40 of 40 started calls without an error; at most 8 in flight)", "\nerrors: 0\n", "consent_records in the embedded database"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}

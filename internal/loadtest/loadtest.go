@@ -27,6 +27,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -121,13 +122,14 @@ type Test struct {
 	started, done, failed, inFlight, holds, errs atomic.Int64
 	duplicates                                   atomic.Int64
 
-	mu        sync.Mutex
-	latencies map[string][]time.Duration
-	errKinds  map[string]int
-	samples   []string
-	expected  map[string]int
-	clean     []string // SIDs of the calls that finished without an error
-	all       []string // SIDs of every call started
+	mu           sync.Mutex
+	latencies    map[string][]time.Duration
+	errKinds     map[string]int
+	samples      []string
+	expected     map[string]int
+	clean        []string // SIDs of the calls that finished without an error
+	peakInFlight int
+	all          []string // SIDs of every call started
 }
 
 // New checks cfg and returns the test, not yet running.
@@ -273,7 +275,7 @@ func fail(kind string, format string, args ...any) error {
 // call plays call i to its end and records what happened.
 func (t *Test) call(ctx context.Context, i int, duplicate bool) {
 	t.started.Add(1)
-	t.inFlight.Add(1)
+	inFlight := t.inFlight.Add(1)
 	defer t.inFlight.Add(-1)
 	defer t.done.Add(1)
 
@@ -281,6 +283,7 @@ func (t *Test) call(ctx context.Context, i int, duplicate bool) {
 	c := &twiliosim.Call{Twilio: t.tw, SID: "CA" + randomHex(16), From: fmt.Sprintf("+1415555%04d", i%10000), To: "+18005550199"}
 	t.mu.Lock()
 	t.all = append(t.all, c.SID)
+	t.peakInFlight = max(t.peakInFlight, int(inFlight))
 	t.mu.Unlock()
 
 	began := time.Now()
@@ -531,12 +534,12 @@ func (t *Test) noteError(err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.errKinds[kind]++
-	if len(t.samples) < maxSamples {
-		t.samples = append(t.samples, err.Error())
+	if msg := err.Error(); len(t.samples) < maxSamples && !slices.Contains(t.samples, msg) {
+		t.samples = append(t.samples, msg)
 	}
 }
 
-// maxSamples is how many error messages the report quotes.
+// maxSamples is how many different error messages the report quotes.
 const maxSamples = 5
 
 // routeOf is the route a URL is reported under: its path (the query holds

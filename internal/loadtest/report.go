@@ -17,9 +17,11 @@ import (
 type Report struct {
 	Config Config
 
-	Started   int // calls started
-	Completed int // calls that finished without an error
-	Elapsed   time.Duration
+	Started int // calls started
+	// PeakInFlight is the most calls that were in flight at once.
+	PeakInFlight int
+	Completed    int // calls that finished without an error
+	Elapsed      time.Duration
 
 	// Routes: latency per route, in the order a call meets them.
 	Routes []RouteLatency
@@ -71,6 +73,7 @@ func (t *Test) report(elapsed time.Duration) *Report {
 	r := &Report{
 		Config:       t.cfg,
 		Started:      int(t.started.Load()),
+		PeakInFlight: t.peakInFlight,
 		Completed:    len(t.clean),
 		Elapsed:      elapsed,
 		Holds:        int(t.holds.Load()),
@@ -205,8 +208,8 @@ func (r *Report) WriteTo(w io.Writer) (int64, error) {
 	}
 	p("consentline loadtest: %d calls against %s (concurrency %d, rate %s, media streams %s, duplicates %g)\n",
 		c.Calls, c.Target, c.Concurrency, rateText, streams, c.Duplicates)
-	p("finished in %.1f s: %.1f calls/s (%d of %d started calls without an error)\n\n",
-		r.Elapsed.Seconds(), r.CallsPerSecond(), r.Completed, r.Started)
+	p("finished in %.1f s: %.1f calls/s (%d of %d started calls without an error; at most %d in flight)\n\n",
+		r.Elapsed.Seconds(), r.CallsPerSecond(), r.Completed, r.Started, r.PeakInFlight)
 
 	p("%-26s %7s %9s %9s %9s %9s\n", "route", "count", "p50", "p95", "p99", "max")
 	for _, rl := range r.Routes {
@@ -246,8 +249,8 @@ func (r *Report) WriteTo(w io.Writer) (int64, error) {
 	}
 	if m := r.Memory; m != nil {
 		p("instance memory (resident): %.1f MiB idle, %.1f MiB peak", m.IdleBytes/(1<<20), m.PeakBytes/(1<<20))
-		if c.Concurrency > 0 && m.PeakBytes > m.IdleBytes {
-			p(", ≈ %.0f KiB per call in flight ((peak − idle) / %d)", (m.PeakBytes-m.IdleBytes)/1024/float64(min(c.Concurrency, c.Calls)), min(c.Concurrency, c.Calls))
+		if r.PeakInFlight > 0 && m.PeakBytes > m.IdleBytes {
+			p(", ≈ %.0f KiB per call in flight ((peak − idle) / %d at most in flight)", (m.PeakBytes-m.IdleBytes)/1024/float64(r.PeakInFlight), r.PeakInFlight)
 		}
 		p("\n")
 	}

@@ -8,6 +8,7 @@
 //	consentline keys      re-seal stored PII under ENCRYPTION_KEY (rotate), or count it by key (status)
 //	consentline decrypt   decrypt a JWE field or a whole relay event
 //	consentline evidence  write a call's answer audio (kept by its media stream) as a WAV
+//	consentline loadtest  drive many simulated calls against a running instance and report what it did
 package main
 
 import (
@@ -48,6 +49,10 @@ commands:
   evidence CALLSID --out answer.wav [--script ID]
             write the caller's answer as the call's media stream kept it (8 kHz μ-law WAV,
             from 300 ms before its onset to 300 ms after its end); PHI, written to the file only
+  loadtest --target URL [--calls N] [--concurrency N] [--rate R] [--streams] [--duplicates F]
+            drive simulated calls (signed webhooks, media streams at real time) against a
+            running instance; prints latency per route, holds, errors and the decisions
+            recorded vs expected; exits non-zero on any error or mismatch (-h for all flags)
 `
 
 // exitUsage is the exit status for a bad command line or setting.
@@ -85,6 +90,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = decryptCommand(args[1:], getenv, stdout)
 	case "evidence":
 		err = evidenceCommand(ctx, args[1:], getenv, stdout)
+	case "loadtest":
+		err = loadtestCommand(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -57,6 +57,8 @@ type StreamPlay struct {
 type StreamResult struct {
 	StreamSID string
 	Sent      int // messages sent
+	// Upgrade is how long the websocket upgrade took, dial included.
+	Upgrade time.Duration
 	// CloseCode and CloseText are the server's close frame (0 and "" when
 	// it sent none).
 	CloseCode int
@@ -82,7 +84,9 @@ func (t *Twilio) Stream(ctx context.Context, wssURL string, s StreamPlay) (*Stre
 		s.Tracks = []string{"inbound", "outbound"}
 	}
 	hdr := http.Header{"X-Twilio-Signature": {Sign(t.AuthToken, wssURL, nil)}}
+	dialed := time.Now()
 	conn, resp, err := websocket.DefaultDialer.DialContext(ctx, dialURL, hdr)
+	upgrade := time.Since(dialed)
 	if resp != nil && resp.Body != nil {
 		resp.Body.Close()
 	}
@@ -93,7 +97,7 @@ func (t *Twilio) Stream(ctx context.Context, wssURL string, s StreamPlay) (*Stre
 		return nil, fmt.Errorf("twiliosim: stream dial: %w", err)
 	}
 	defer conn.Close()
-	res := &StreamResult{StreamSID: s.StreamSID}
+	res := &StreamResult{StreamSID: s.StreamSID, Upgrade: upgrade}
 
 	// The server's close frame is read concurrently, as Twilio would see it
 	// while still sending.

@@ -126,7 +126,14 @@ func BenchmarkConcurrentStreams(b *testing.B) {
 }
 
 func benchConcurrentStreams(b *testing.B, consumer func(*testing.B) func(context.Context, mediastream.Start) (func(mediastream.Frame), func(mediastream.End), error)) {
-	const streams, window = 1000, 3 * time.Second
+	const window = 3 * time.Second
+	// MEDIASTREAM_BENCH_STREAMS overrides the 1,000 streams, e.g. to find
+	// the cost per stream below the point where the machine (which also
+	// runs the client) saturates.
+	streams := 1000
+	if n, err := strconv.Atoi(os.Getenv("MEDIASTREAM_BENCH_STREAMS")); err == nil && n > 0 {
+		streams = n
+	}
 	for i := 0; i < b.N; i++ {
 		var mu sync.Mutex
 		frames := 0
@@ -162,7 +169,7 @@ func benchConcurrentStreams(b *testing.B, consumer func(*testing.B) func(context
 			b.Fatal(err)
 		}
 		deadline := time.Now().Add(20 * time.Second)
-		for srv.Stats().Ended[mediastream.ReasonStop] == 0 && openStreams(srv) < streams {
+		for srv.Stats().Ended[mediastream.ReasonStop] == 0 && openStreams(srv) < int64(streams) {
 			if time.Now().After(deadline) {
 				b.Fatalf("only %d streams opened", openStreams(srv))
 			}
@@ -188,15 +195,18 @@ func benchConcurrentStreams(b *testing.B, consumer func(*testing.B) func(context
 		cancel()
 		ts.Close()
 		st := srv.Stats()
-		if st.Ended[mediastream.ReasonStop] != streams {
+		if st.Ended[mediastream.ReasonStop] != uint64(streams) {
 			b.Fatalf("ended %v, malformed %v", st.Ended, st.Malformed)
 		}
 		cpu := time.Duration(r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano())
 		b.ReportMetric(cpu.Seconds()/wall.Seconds(), "cpu-s/wall-s")
-		b.ReportMetric(float64(int64(during.HeapInuse)-int64(before.HeapInuse))/streams, "heap-B/stream")
-		b.ReportMetric(float64(int64(during.StackInuse)-int64(before.StackInuse))/streams, "stack-B/stream")
+		if active > 0 {
+			b.ReportMetric(cpu.Seconds()/wall.Seconds()/float64(active)*1e6, "µcpu-s/s/stream")
+		}
+		b.ReportMetric(float64(int64(during.HeapInuse)-int64(before.HeapInuse))/float64(streams), "heap-B/stream")
+		b.ReportMetric(float64(int64(during.StackInuse)-int64(before.StackInuse))/float64(streams), "stack-B/stream")
 		b.ReportMetric(float64(active), "active-streams")
-		b.ReportMetric(float64(frames)/streams, "frames/stream")
+		b.ReportMetric(float64(frames)/float64(streams), "frames/stream")
 	}
 }
 

@@ -16,17 +16,11 @@ import (
 
 func fixtureCall(t *testing.T, name string) audiofixtures.Call {
 	t.Helper()
-	calls, err := audiofixtures.Calls()
+	c, err := audiofixtures.CallNamed(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range calls {
-		if c.Name == name {
-			return c
-		}
-	}
-	t.Fatalf("no fixture call %s", name)
-	return audiofixtures.Call{}
+	return c
 }
 
 // fastConfig is a Deepgram client for a stream played faster than real

@@ -125,3 +125,17 @@ func table(name string, cols int) ([][]string, error) {
 	}
 	return rows, nil
 }
+
+// CallNamed returns the call of calls.tsv named name.
+func CallNamed(name string) (Call, error) {
+	calls, err := Calls()
+	if err != nil {
+		return Call{}, err
+	}
+	for _, c := range calls {
+		if c.Name == name {
+			return c, nil
+		}
+	}
+	return Call{}, fmt.Errorf("audiofixtures: no call named %q", name)
+}

@@ -39,17 +39,11 @@ func mountStreams(t testing.TB, app *ivr.Server, cfg ivr.Config, lib *twiml.Libr
 
 func fixtureCall(t *testing.T, name string) audiofixtures.Call {
 	t.Helper()
-	calls, err := audiofixtures.Calls()
+	c, err := audiofixtures.CallNamed(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range calls {
-		if c.Name == name {
-			return c
-		}
-	}
-	t.Fatalf("no fixture call %s", name)
-	return audiofixtures.Call{}
+	return c
 }
 
 // streamedCall is one call whose webhooks go to one instance and whose media

@@ -3,7 +3,6 @@ package relay
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 )
@@ -204,8 +203,8 @@ func TestChainOfSpreads(t *testing.T) {
 // appends to (and records the count for anyone reading the schema).
 func TestMigrationsRecordAuditChains(t *testing.T) {
 	want := fmt.Sprintf("CHECK (chain >= 0 AND chain < %d)", AuditChains)
-	for _, f := range []string{"../consent/pgstore/migrations/0002_relay_audit.sql", "../consent/sqlitestore/migrations/0002_relay_audit.sql"} {
-		b, err := os.ReadFile(f)
+	for _, f := range []string{"migrations/postgres/0001_audit.sql", "migrations/sqlite/0001_audit.sql"} {
+		b, err := migrationFiles.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}

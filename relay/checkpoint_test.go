@@ -704,11 +704,11 @@ func benchLog(b *testing.B, n int) (cpEnv, *Checkpointer) {
 	b.Helper()
 	ctx := context.Background()
 	k := keyring(b, hexA, "")
-	outbox, err := NewOutbox(k, false)
+	outbox, err := NewSQLiteOutbox(k, false)
 	if err != nil {
 		b.Fatal(err)
 	}
-	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -110,7 +110,7 @@ func TypeForDecision(d consent.Decision) (string, error) {
 // the active key and bound is passed on as it is. Re-sealing every value for
 // the event would buy nothing the record's binding does not give — a record
 // is exactly one event — and would cost an AES-GCM open and seal per value
-// inside the transaction that records the decision (AfterInsert), where a
+// inside the transaction that records the decision (the outbox's Append), where a
 // batch of 128 decisions holds SQLite's one writer. A value under a retired
 // key, or sealed before bindings existed, is opened and re-sealed under the
 // active key, bound, so a receiver only ever needs the current key. A value

@@ -21,11 +21,11 @@ func newPGEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
 	ctx := context.Background()
 	k := keyring(t, hexA, "")
-	outbox, err := NewOutbox(k, true)
+	outbox, err := NewPostgresOutbox(k, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := pgstore.Open(ctx, testdb.Postgres(t), pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+	store, err := pgstore.Open(ctx, testdb.Postgres(t), pgstore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func benchPGStore(b *testing.B, urlParams string) (*pgstore.Store, *pii.Keyring)
 	b.Helper()
 	ctx := context.Background()
 	k := keyring(b, hexA, "")
-	outbox, _ := NewOutbox(k, true)
+	outbox, _ := NewPostgresOutbox(k, true)
 	url := testdb.Postgres(b)
 	if urlParams != "" {
 		sep := "?"
@@ -238,7 +238,7 @@ func benchPGStore(b *testing.B, urlParams string) (*pgstore.Store, *pii.Keyring)
 		}
 		url += sep + urlParams
 	}
-	store, err := pgstore.Open(ctx, url, pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+	store, err := pgstore.Open(ctx, url, pgstore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -371,11 +371,11 @@ func TestPostgresOverlappingBatchesFromInstances(t *testing.T) {
 	const instances, calls = 3, 120
 	stores := make([]*pgstore.Store, instances)
 	for i := range stores {
-		outbox, err := NewOutbox(k, true)
+		outbox, err := NewPostgresOutbox(k, true)
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := pgstore.Open(ctx, url, pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+		st, err := pgstore.Open(ctx, url, pgstore.Options{Migrate: true, Outbox: outbox})
 		if err != nil {
 			t.Fatal(err)
 		}

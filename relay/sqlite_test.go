@@ -72,11 +72,11 @@ func newSQLiteEnv(t *testing.T, o envOpts) *env {
 	}
 	hook := newCatchHook(t, o.respond)
 	cfg, logs := testConfig(t, k, clock, hook, o)
-	outbox, err := NewOutbox(k, true)
+	outbox, err := NewSQLiteOutbox(k, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,8 +280,8 @@ func TestSQLiteHookFailureRollsBackRecord(t *testing.T) {
 	ctx := context.Background()
 	// The record's PII was sealed under a key this outbox can't open: the
 	// event can't be built, so the record must not be stored either.
-	outbox, _ := NewOutbox(keyring(t, hexB, ""), true)
-	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	outbox, _ := NewSQLiteOutbox(keyring(t, hexB, ""), true)
+	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,8 +382,8 @@ var _ = sql.ErrNoRows
 func BenchmarkSQLiteRecordWithOutbox(b *testing.B) {
 	ctx := context.Background()
 	k := keyring(b, hexA, "")
-	outbox, _ := NewOutbox(k, true)
-	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	outbox, _ := NewSQLiteOutbox(k, true)
+	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		b.Fatal(err)
 	}

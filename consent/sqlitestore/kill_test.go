@@ -33,11 +33,11 @@ func openWired(ctx context.Context, dir string) (*sqlitestore.Store, *relay.Rela
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	ob, err := relay.NewOutbox(k, true)
+	ob, err := relay.NewSQLiteOutbox(k, true)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	st, err := sqlitestore.Open(ctx, dir, sqlitestore.Options{Migrate: true, AfterInsert: ob.SQLiteAfterInsert})
+	st, err := sqlitestore.Open(ctx, dir, sqlitestore.Options{Migrate: true, Outbox: ob})
 	if err != nil {
 		return nil, nil, nil, err
 	}

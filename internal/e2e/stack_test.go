@@ -114,10 +114,7 @@ func newStack(t testing.TB, o stackOptions) *stack {
 		st.backend = "postgres"
 	}
 	log := slog.New(slog.NewTextHandler(st.logs, nil))
-	outbox, err := relay.NewOutbox(st.keys, o.hookURL != "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	deliver := o.hookURL != ""
 	cfg := relay.Config{Keyring: st.keys, PII: relay.PIIEncrypted, Logger: log}
 	if o.hookURL != "" {
 		cfg.WebhookURL, cfg.Signer = o.hookURL, st.signer
@@ -125,7 +122,11 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	switch st.backend {
 	case "postgres":
 		st.dbURL = testdb.Postgres(t)
-		ps, err := pgstore.Open(ctx, st.dbURL, pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+		outbox, err := relay.NewPostgresOutbox(st.keys, deliver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := pgstore.Open(ctx, st.dbURL, pgstore.Options{Migrate: true, Outbox: outbox})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -144,7 +145,11 @@ func newStack(t testing.TB, o stackOptions) *stack {
 			t.Fatal(err)
 		}
 	case "sqlite":
-		ss, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+		outbox, err := relay.NewSQLiteOutbox(st.keys, deliver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ss, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -100,11 +100,11 @@ func embeddedApp(b *testing.B, outbox, deliver bool) (ivr.Config, embeddedStore)
 	}
 	opts := sqlitestore.Options{Migrate: true}
 	if outbox {
-		ob, err := relay.NewOutbox(keys, deliver)
+		ob, err := relay.NewSQLiteOutbox(keys, deliver)
 		if err != nil {
 			b.Fatal(err)
 		}
-		opts.AfterInsert = ob.SQLiteAfterInsert
+		opts.Outbox = ob
 	}
 	store, err := sqlitestore.Open(ctx, b.TempDir(), opts)
 	if err != nil {

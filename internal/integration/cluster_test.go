@@ -193,11 +193,11 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 		// event is written in the record's transaction.
 		opts := pgstore.Options{Migrate: true}
 		if !o.noOutbox {
-			outbox, err := relay.NewOutbox(keys, o.deliver)
+			outbox, err := relay.NewPostgresOutbox(keys, o.deliver)
 			if err != nil {
 				t.Fatal(err)
 			}
-			opts.AfterInsert = outbox.PostgresAfterInsert
+			opts.Outbox = outbox
 		}
 		if in.store, err = pgstore.Open(ctx, instDB, opts); err != nil {
 			t.Fatalf("instance %d: %v", i, err)

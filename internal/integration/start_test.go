@@ -45,11 +45,11 @@ func TestReplicasStartTogether(t *testing.T) {
 	const replicas = 4
 	refs := make([]string, replicas)
 	startReplicas(t, replicas, func(ctx context.Context, i int) error {
-		outbox, err := relay.NewOutbox(keys, true)
+		outbox, err := relay.NewPostgresOutbox(keys, true)
 		if err != nil {
 			return err
 		}
-		st, err := pgstore.Open(ctx, dbURL, pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+		st, err := pgstore.Open(ctx, dbURL, pgstore.Options{Migrate: true, Outbox: outbox})
 		if err != nil {
 			return err
 		}

@@ -175,11 +175,11 @@ func TestStreamedCallEmbedded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	outbox, err := relay.NewOutbox(keys, false)
+	outbox, err := relay.NewSQLiteOutbox(keys, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"testing/fstest"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/consentline/consentline/consent"
@@ -20,6 +21,9 @@ import (
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/sqlmigrate"
 	"github.com/consentline/consentline/internal/testdb"
+	"github.com/consentline/consentline/relay/relaydriver"
+	"github.com/consentline/consentline/relay/relaypg"
+	"github.com/consentline/consentline/relay/relaysqlite"
 )
 
 // The relay's first two migrations are the SQL the consent stores shipped
@@ -27,25 +31,25 @@ import (
 // shipped), under a header saying so: adopting an old database's tables as
 // these versions is only sound if they are the same.
 func TestMigrationsAreTheStoresShippedOnes(t *testing.T) {
-	for _, dialect := range []string{"postgres", "sqlite"} {
-		ms, err := migrations(dialect)
+	for dialect, files := range map[string]fs.FS{"postgres": relaypg.Migrations(), "sqlite": relaysqlite.Migrations()} {
+		ms, err := sqlmigrate.Load(files)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, a := range adoptable {
-			i := slices.IndexFunc(ms, func(m sqlmigrate.Migration) bool { return m.Version == a.version })
-			if i < 0 || ms[i].Name != a.name {
-				t.Fatalf("%s: adoptable version %d %q is not a migration file", dialect, a.version, a.name)
+		for _, a := range relaydriver.Adoptable {
+			i := slices.IndexFunc(ms, func(m sqlmigrate.Migration) bool { return m.Version == a.Version })
+			if i < 0 || ms[i].Name != a.Name {
+				t.Fatalf("%s: adoptable version %d %q is not a migration file", dialect, a.Version, a.Name)
 			}
-			legacy, err := os.ReadFile(fmt.Sprintf("testdata/legacy/%s/%04d_%s.sql", dialect, a.storeVersion, a.storeName))
+			legacy, err := os.ReadFile(fmt.Sprintf("testdata/legacy/%s/%04d_%s.sql", dialect, a.StoreVersion, a.StoreName))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !strings.HasSuffix(ms[i].SQL, string(legacy)) {
-				t.Errorf("%s: %s is not the store's shipped %04d_%s.sql", dialect, ms[i].File(), a.storeVersion, a.storeName)
+				t.Errorf("%s: %s is not the store's shipped %04d_%s.sql", dialect, ms[i].File(), a.StoreVersion, a.StoreName)
 			}
-			if !strings.Contains(ms[i].SQL, "CREATE TABLE "+a.table+" (") {
-				t.Errorf("%s: %s does not create %s", dialect, ms[i].File(), a.table)
+			if !strings.Contains(ms[i].SQL, "CREATE TABLE "+a.Table+" (") {
+				t.Errorf("%s: %s does not create %s", dialect, ms[i].File(), a.Table)
 			}
 		}
 	}
@@ -248,9 +252,9 @@ func newConsentOutbox(t *testing.T, dialect string, k *pii.Keyring) consentOutbo
 	var ob consentOutbox
 	var err error
 	if dialect == "postgres" {
-		ob, err = NewPostgresOutbox(k, false)
+		ob, err = NewOutbox(relaypg.New(nil), k, false)
 	} else {
-		ob, err = NewSQLiteOutbox(k, false)
+		ob, err = NewOutbox(relaysqlite.New(nil), k, false)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -269,7 +273,7 @@ func walkAll(t *testing.T, r *Relay) []AuditEntry {
 
 func sqliteDB(t *testing.T, ob consentOutbox) (*sqlitestore.Store, upgradeDB) {
 	t.Helper()
-	st, err := sqlitestore.Open(context.Background(), t.TempDir(), sqlitestore.Options{Outbox: ob.(*SQLiteOutbox)})
+	st, err := sqlitestore.Open(context.Background(), t.TempDir(), sqlitestore.Options{Outbox: ob.(*Outbox[*sql.Tx])})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,12 +281,12 @@ func sqliteDB(t *testing.T, ob consentOutbox) (*sqlitestore.Store, upgradeDB) {
 	db := st.DB()
 	return st, upgradeDB{
 		store:  st,
-		newRel: func(c Config) (*Relay, error) { return NewSQLite(db, c) },
+		newRel: func(c Config) (*Relay, error) { return New(relaysqlite.New(db), c) },
 		migrate: func(ctx context.Context) error {
 			if err := st.Migrate(ctx); err != nil {
 				return err
 			}
-			return MigrateSQLite(ctx, db)
+			return relaysqlite.Migrate(ctx, db)
 		},
 		query: func(ctx context.Context, q string) ([][2]string, error) {
 			rows, err := db.QueryContext(ctx, q)
@@ -316,7 +320,7 @@ func openFreshSQLite(t *testing.T, ob consentOutbox, relayFirst bool) upgradeDB 
 	st, db := sqliteDB(t, ob)
 	if relayFirst {
 		db.migrate = func(ctx context.Context) error {
-			if err := MigrateSQLite(ctx, st.DB()); err != nil {
+			if err := relaysqlite.Migrate(ctx, st.DB()); err != nil {
 				return err
 			}
 			return st.Migrate(ctx)
@@ -327,7 +331,7 @@ func openFreshSQLite(t *testing.T, ob consentOutbox, relayFirst bool) upgradeDB 
 
 func pgDB(t *testing.T, ob consentOutbox) (*pgstore.Store, upgradeDB) {
 	t.Helper()
-	st, err := pgstore.Open(context.Background(), testdb.Postgres(t), pgstore.Options{Outbox: ob.(*PostgresOutbox)})
+	st, err := pgstore.Open(context.Background(), testdb.Postgres(t), pgstore.Options{Outbox: ob.(*Outbox[pgx.Tx])})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,12 +339,12 @@ func pgDB(t *testing.T, ob consentOutbox) (*pgstore.Store, upgradeDB) {
 	pool := st.Pool()
 	return st, upgradeDB{
 		store:  st,
-		newRel: func(c Config) (*Relay, error) { return NewPostgres(pool, c) },
+		newRel: func(c Config) (*Relay, error) { return New(relaypg.New(pool), c) },
 		migrate: func(ctx context.Context) error {
 			if err := st.Migrate(ctx); err != nil {
 				return err
 			}
-			return MigratePostgres(ctx, pool)
+			return relaypg.Migrate(ctx, pool)
 		},
 		query: func(ctx context.Context, q string) ([][2]string, error) { return pgQuery(ctx, pool, q) },
 		exec:  func(ctx context.Context, q string) error { _, err := pool.Exec(ctx, q); return err },
@@ -382,7 +386,7 @@ func openFreshPostgres(t *testing.T, ob consentOutbox, relayFirst bool) upgradeD
 	st, db := pgDB(t, ob)
 	if relayFirst {
 		db.migrate = func(ctx context.Context) error {
-			if err := MigratePostgres(ctx, st.Pool()); err != nil {
+			if err := relaypg.Migrate(ctx, st.Pool()); err != nil {
 				return err
 			}
 			return st.Migrate(ctx)

@@ -14,6 +14,7 @@ import (
 	"github.com/consentline/consentline/internal/groupcommit"
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/telemetry"
+	"github.com/consentline/consentline/relay/relaydriver"
 )
 
 // Config configures a Relay. Keyring is required; WebhookURL and Signer
@@ -110,20 +111,27 @@ type Relay struct {
 	log           *slog.Logger
 }
 
-// backend is what differs between SQLite and PostgreSQL.
-type backend interface {
-	entry(ctx context.Context, eventID string) (AuditEntry, error)
-	walk(ctx context.Context, fn func(AuditEntry) error) error
-	// record appends events (and queues their deliveries) in one
-	// transaction, reporting for each whether it was new.
-	record(ctx context.Context, evs []Event) ([]bool, error)
-	enqueue(ctx context.Context, eventID string) (int64, error)
-	list(ctx context.Context, p *river.JobListParams) ([]Delivery, error)
-	start(ctx context.Context) error
-	stop(ctx context.Context) error
-	stopAndCancel(ctx context.Context) error
-	// queueDepth counts the delivery jobs in each River state.
-	queueDepth(ctx context.Context, states []string) (map[string]int64, error)
+// New returns a Relay on the database driver d (relaypg.New(pool),
+// relaysqlite.New(db)): the River client it delivers with is built on d's
+// River driver, and only that one.
+func New[Tx any](d relaydriver.Driver[Tx], cfg Config) (*Relay, error) {
+	r, err := newRelay(cfg)
+	if err != nil {
+		return nil, err
+	}
+	client, err := river.NewClient(d.River(), r.riverConfig())
+	if err != nil {
+		return nil, fmt.Errorf("relay: river client: %w", err)
+	}
+	// RecordCallCompleted's own transactions write through the same outbox
+	// writer as the stores' (relay events have one write path).
+	ob, err := NewOutbox(d, cfg.Keyring, r.Delivering())
+	if err != nil {
+		return nil, err
+	}
+	r.b = &driverBackend[Tx]{d: d, client: client, outbox: ob}
+	r.newCallBatcher()
+	return r, nil
 }
 
 func newRelay(cfg Config) (*Relay, error) {

@@ -27,6 +27,8 @@ import (
 	"github.com/consentline/consentline/mediastream"
 	"github.com/consentline/consentline/mediastream/deepgram"
 	"github.com/consentline/consentline/relay"
+	"github.com/consentline/consentline/relay/relaypg"
+	"github.com/consentline/consentline/relay/relaysqlite"
 )
 
 func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
@@ -391,7 +393,7 @@ func openDatabase(ctx context.Context, databaseURL, dataDir string, outbox *outb
 	if databaseURL != "" {
 		opts := pgstore.Options{Migrate: true, Metrics: m}
 		if outbox != nil {
-			ob, err := relay.NewPostgresOutbox(outbox.keys, outbox.deliver)
+			ob, err := relay.NewOutbox(relaypg.New(nil), outbox.keys, outbox.deliver)
 			if err != nil {
 				return nil, err
 			}
@@ -401,17 +403,17 @@ func openDatabase(ctx context.Context, databaseURL, dataDir string, outbox *outb
 		if err != nil {
 			return nil, fmt.Errorf("opening the postgres database: %w", err)
 		}
-		if err := relay.MigratePostgres(ctx, st.Pool()); err != nil {
+		if err := relaypg.Migrate(ctx, st.Pool()); err != nil {
 			_ = st.Close()
 			return nil, fmt.Errorf("migrating the relay's tables: %w", err)
 		}
 		return &database{kind: "postgres", metrics: m, store: st, newRelay: func(c relay.Config) (*relay.Relay, error) {
-			return relay.NewPostgres(st.Pool(), c)
+			return relay.New(relaypg.New(st.Pool()), c)
 		}}, nil
 	}
 	opts := sqlitestore.Options{Migrate: true, Metrics: m}
 	if outbox != nil {
-		ob, err := relay.NewSQLiteOutbox(outbox.keys, outbox.deliver)
+		ob, err := relay.NewOutbox(relaysqlite.New(nil), outbox.keys, outbox.deliver)
 		if err != nil {
 			return nil, err
 		}
@@ -421,12 +423,12 @@ func openDatabase(ctx context.Context, databaseURL, dataDir string, outbox *outb
 	if err != nil {
 		return nil, fmt.Errorf("opening the sqlite database in %s: %w", dataDir, err)
 	}
-	if err := relay.MigrateSQLite(ctx, st.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, st.DB()); err != nil {
 		_ = st.Close()
 		return nil, fmt.Errorf("migrating the relay's tables: %w", err)
 	}
 	return &database{kind: "sqlite", metrics: m, store: st, newRelay: func(c relay.Config) (*relay.Relay, error) {
-		return relay.NewSQLite(st.DB(), c)
+		return relay.New(relaysqlite.New(st.DB()), c)
 	}}, nil
 }
 

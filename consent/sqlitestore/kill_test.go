@@ -18,6 +18,7 @@ import (
 	"github.com/consentline/consentline/consent/storetest"
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/relay"
+	"github.com/consentline/consentline/relay/relaysqlite"
 )
 
 // killChildEnv, when set, makes TestKilledMidStreamKeepsAcknowledged the
@@ -33,7 +34,7 @@ func openWired(ctx context.Context, dir string) (*sqlitestore.Store, *relay.Rela
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	ob, err := relay.NewSQLiteOutbox(k, true)
+	ob, err := relay.NewOutbox(relaysqlite.New(nil), k, true)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -41,11 +42,11 @@ func openWired(ctx context.Context, dir string) (*sqlitestore.Store, *relay.Rela
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if err := relay.MigrateSQLite(ctx, st.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, st.DB()); err != nil {
 		st.Close()
 		return nil, nil, nil, err
 	}
-	rel, err := relay.NewSQLite(st.DB(), relay.Config{Keyring: k})
+	rel, err := relay.New(relaysqlite.New(st.DB()), relay.Config{Keyring: k})
 	if err != nil {
 		st.Close()
 		return nil, nil, nil, err

@@ -63,9 +63,9 @@ type Options struct {
 	Migrate bool
 
 	// Outbox, when set, writes the relay events of the records a batch
-	// created (serve gives it the relay's *relay.SQLiteOutbox: audit entries
-	// and River delivery jobs), inside the batch's transaction, right after
-	// the inserts, with the records ordered by call SID and script id. An
+	// created (serve gives it the relay's writer, relay.NewOutbox over
+	// relaysqlite: audit entries and River delivery jobs), inside the
+	// batch's transaction, right after the inserts, with the records ordered by call SID and script id. An
 	// error from it rolls the whole transaction back, so the records and
 	// their events are stored together or not at all; the batch's records
 	// are then committed again one at a time, so a record the outbox cannot

@@ -21,6 +21,7 @@ import (
 	"github.com/consentline/consentline/mediastream/deepgram"
 	"github.com/consentline/consentline/mediastream/deepgram/deepgramtest"
 	"github.com/consentline/consentline/relay"
+	"github.com/consentline/consentline/relay/relaysqlite"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -175,7 +176,7 @@ func TestStreamedCallEmbedded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	outbox, err := relay.NewSQLiteOutbox(keys, false)
+	outbox, err := relay.NewOutbox(relaysqlite.New(nil), keys, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +184,7 @@ func TestStreamedCallEmbedded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := relay.MigrateSQLite(ctx, store.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, store.DB()); err != nil {
 		t.Fatal(err)
 	}
 	lib := twiml.Builtin()

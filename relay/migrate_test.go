@@ -244,6 +244,25 @@ func TestMigrateFresh(t *testing.T) {
 	}
 }
 
+// TestMigrateRefusesForeignTable: a relay_audit the store's history does
+// not account for is not adopted: the relay's migration fails on it, and
+// records nothing.
+func TestMigrateRefusesForeignTable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st, db := sqliteDB(t, newConsentOutbox(t, "sqlite", keyring(t, hexA, "")))
+	if err := db.exec(ctx, `CREATE TABLE relay_audit (x TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	err := relaysqlite.Migrate(ctx, st.DB())
+	if err == nil || !strings.Contains(err.Error(), "0001_audit.sql") {
+		t.Fatalf("Migrate over a foreign relay_audit: %v, want migration 0001 to fail", err)
+	}
+	if n, err := db.query(ctx, `SELECT count(*), '' FROM relay_schema_migrations`); err != nil || n[0][0] != "0" {
+		t.Fatalf("relay history after the failure: %v (%v), want empty", n, err)
+	}
+}
+
 // consentOutbox is either driver's writer (the store's Options.Outbox).
 type consentOutbox any
 

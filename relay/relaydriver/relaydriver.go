@@ -109,8 +109,9 @@ const AuditLockKey int64 = 0x72656c6179617564 // "relayaud"
 // its schema has their tables and the stores' history rows, but no relay
 // history. Such a migration is recorded as applied instead of run again
 // when its table exists and the stores' schema_migrations holds the
-// version that created it; both must hold, so a table made some other way
-// is never taken for ours (its CREATE TABLE then fails, loudly). The
+// version that created it. Both must hold, so on a database whose store
+// history never reached that version a table of the same name made some
+// other way is not taken for ours (its CREATE TABLE then fails, loudly). The
 // stores' files for those versions are now empty, so on a fresh database
 // their history rows come with no table, and the relay creates it.
 var Adoptable = []struct {

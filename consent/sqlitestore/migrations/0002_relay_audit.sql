@@ -1,7 +1,7 @@
 -- Intentionally empty. This version once created relay_audit, the relay's
 -- hash-chained audit log; the relay now owns that table and creates it with
--- its own migrations (relay/migrations, history in relay_schema_migrations).
--- The file stays, empty, so the numbering and the history of databases that
--- applied it are unchanged: their schema_migrations row (2, relay_audit)
--- still matches, and the relay adopts the table it finds (see the relay's
--- MigratePostgres / MigrateSQLite).
+-- its own migrations (relay/relaysqlite/migrations, history in
+-- relay_schema_migrations). The file stays, empty, so the numbering and the
+-- history of databases that applied it are unchanged: their
+-- schema_migrations row (2, relay_audit) still matches, and the relay adopts
+-- the table it finds (relaysqlite.Migrate, relaydriver.Adoptable).

@@ -1,6 +1,6 @@
 -- Shipped first as consent/pgstore/migrations/0004_relay_audit_checkpoints.sql;
 -- a database that ran it has this table and adopts it as this version
--- (see the relay's migrate).
+-- (relaypg.Migrate, relaydriver.Adoptable).
 --
 -- Signed checkpoints of the audit log (relay/checkpoint.go): every so often
 -- (100 new entries, or a minute with anything new) the head of each chain of

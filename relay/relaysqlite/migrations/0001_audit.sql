@@ -1,6 +1,6 @@
 -- Shipped first as consent/sqlitestore/migrations/0002_relay_audit.sql; a
 -- database that ran it has this table and adopts it as this version
--- (see the relay's migrate).
+-- (relaysqlite.Migrate, relaydriver.Adoptable).
 --
 -- Relay audit log: one row per relay event, append-only and hash-chained.
 --

@@ -11,6 +11,8 @@ import (
 	"math"
 	"slices"
 	"strings"
+
+	"github.com/consentline/consentline/relay/relaydriver"
 )
 
 // AuditChains is how many independent hash chains the audit log is spread
@@ -50,16 +52,7 @@ func ChainOf(callSID string) int {
 // library's key order. Hashing the chain number gives each chain its own
 // history from the first entry on (every chain starts from GenesisHash), so
 // an entry moved to another chain no longer matches its hash.
-type AuditEntry struct {
-	Chain      int
-	Seq        int64 // 1, 2, ... within the chain
-	EventID    string
-	Type       string
-	OccurredAt string
-	Event      []byte // the relay event JSON, PII sealed
-	PrevHash   string // hex
-	Hash       string // hex
-}
+type AuditEntry = relaydriver.AuditEntry
 
 // GenesisHash is the PrevHash of each chain's first entry.
 var GenesisHash = strings.Repeat("0", 64)

@@ -204,7 +204,7 @@ func TestChainOfSpreads(t *testing.T) {
 // appends to (and records the count for anyone reading the schema).
 func TestMigrationsRecordAuditChains(t *testing.T) {
 	want := fmt.Sprintf("CHECK (chain >= 0 AND chain < %d)", AuditChains)
-	for _, f := range []string{"../consent/pgstore/migrations/0002_relay_audit.sql", "../consent/sqlitestore/migrations/0002_relay_audit.sql"} {
+	for _, f := range []string{"relaypg/migrations/0001_audit.sql", "relaysqlite/migrations/0001_audit.sql"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/telemetry"
+	"github.com/consentline/consentline/relay/relaydriver"
 )
 
 // Signed checkpoints.
@@ -320,7 +321,7 @@ const (
 
 // Checkpointer signs the audit log's chain heads.
 type Checkpointer struct {
-	db      cpDB
+	db      relaydriver.DB
 	signer  *AuditSigner
 	p       CheckpointPolicy
 	now     func() time.Time
@@ -333,10 +334,7 @@ func (r *Relay) Checkpointer(s *AuditSigner, p CheckpointPolicy) (*Checkpointer,
 	if s == nil {
 		return nil, errors.New("relay: checkpointer needs a signer")
 	}
-	db, err := r.cpDB()
-	if err != nil {
-		return nil, err
-	}
+	db := r.b.db()
 	if p.Every <= 0 {
 		p.Every = DefaultCheckpointEvery
 	}
@@ -421,8 +419,8 @@ func (c *Checkpointer) pass(ctx context.Context, force bool) ([]Checkpoint, erro
 func (c *Checkpointer) chain(ctx context.Context, chain int, force bool) (*Checkpoint, error) {
 	var headSeq int64
 	var headHash string
-	err := c.db.queryRow(ctx, `SELECT seq, hash FROM relay_audit WHERE chain = $1 ORDER BY seq DESC LIMIT 1`, chain).Scan(&headSeq, &headHash)
-	if errors.Is(err, errNoRows) {
+	err := c.db.QueryRow(ctx, `SELECT seq, hash FROM relay_audit WHERE chain = $1 ORDER BY seq DESC LIMIT 1`, chain).Scan(&headSeq, &headHash)
+	if errors.Is(err, relaydriver.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
@@ -462,7 +460,7 @@ func (c *Checkpointer) chain(ctx context.Context, chain int, force bool) (*Check
 	}
 	// Another instance may have signed the same head a moment ago: then
 	// this one is dropped, theirs stands.
-	if err := c.db.exec(ctx, `INSERT INTO relay_audit_checkpoints (`+checkpointColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)
+	if err := c.db.Exec(ctx, `INSERT INTO relay_audit_checkpoints (`+checkpointColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (chain, seq) DO NOTHING`, cp.Chain, cp.Seq, cp.Hash, cp.SignedAt, cp.KeyID, cp.PublicKey, cp.Signature); err != nil {
 		return nil, fmt.Errorf("relay: checkpoint chain %d: insert: %w", chain, err)
 	}
@@ -483,7 +481,7 @@ func (c *Checkpointer) extend(ctx context.Context, from ChainHead) (ChainHead, e
 	v.heads[from.Chain] = &from
 	for {
 		start := *v.heads[from.Chain]
-		rows, err := c.db.query(ctx, `SELECT `+auditColumns+` FROM relay_audit WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
+		rows, err := c.db.Query(ctx, `SELECT `+relaydriver.AuditColumns+` FROM relay_audit WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
 			from.Chain, start.Seq, checkpointPage)
 		if err != nil {
 			return ChainHead{}, fmt.Errorf("relay: checkpoint chain %d: %w", from.Chain, err)
@@ -513,15 +511,15 @@ func (c *Checkpointer) extend(ctx context.Context, from ChainHead) (ChainHead, e
 
 const checkpointColumns = `chain, seq, hash, signed_at, key_id, public_key, signature`
 
-func scanCheckpoint(r rowScanner) (Checkpoint, error) {
+func scanCheckpoint(r relaydriver.Row) (Checkpoint, error) {
 	var c Checkpoint
 	err := r.Scan(&c.Chain, &c.Seq, &c.Hash, &c.SignedAt, &c.KeyID, &c.PublicKey, &c.Signature)
 	return c, err
 }
 
-func latestCheckpoint(ctx context.Context, db cpDB, chain int) (*Checkpoint, error) {
-	cp, err := scanCheckpoint(db.queryRow(ctx, `SELECT `+checkpointColumns+` FROM relay_audit_checkpoints WHERE chain = $1 ORDER BY seq DESC LIMIT 1`, chain))
-	if errors.Is(err, errNoRows) {
+func latestCheckpoint(ctx context.Context, db relaydriver.DB, chain int) (*Checkpoint, error) {
+	cp, err := scanCheckpoint(db.QueryRow(ctx, `SELECT `+checkpointColumns+` FROM relay_audit_checkpoints WHERE chain = $1 ORDER BY seq DESC LIMIT 1`, chain))
+	if errors.Is(err, relaydriver.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
@@ -655,14 +653,11 @@ type SignedVerifyResult struct {
 // for an entry, a *CheckpointError for a checkpoint; the result then covers
 // what was verified before it.
 func (r *Relay) VerifyAuditSigned(ctx context.Context, opts VerifyOptions) (SignedVerifyResult, error) {
-	db, err := r.cpDB()
-	if err != nil {
-		return SignedVerifyResult{}, err
-	}
+	db := r.b.db()
 	// Checkpoints first: each one refers to entries committed before it
 	// was written, so the walk that follows sees them.
 	var cps []Checkpoint
-	rows, err := db.query(ctx, `SELECT `+checkpointColumns+` FROM relay_audit_checkpoints ORDER BY chain, seq`)
+	rows, err := db.Query(ctx, `SELECT `+checkpointColumns+` FROM relay_audit_checkpoints ORDER BY chain, seq`)
 	if err != nil {
 		return SignedVerifyResult{}, fmt.Errorf("relay: audit checkpoints: %w", err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/relay/relaysqlite"
 )
 
 // testSigner is a fixed key (the seed 0x01 0x02 ... 0x20).
@@ -543,11 +544,7 @@ func (e cpEnv) entryAt(t *testing.T, chain int, seq int64) AuditEntry {
 
 func (e cpEnv) checkpoints(t *testing.T) []Checkpoint {
 	t.Helper()
-	db, err := e.relay.cpDB()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows, err := db.query(context.Background(), `SELECT `+checkpointColumns+` FROM relay_audit_checkpoints ORDER BY chain, seq`)
+	rows, err := e.relay.b.db().Query(context.Background(), `SELECT `+checkpointColumns+` FROM relay_audit_checkpoints ORDER BY chain, seq`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -704,21 +701,21 @@ func benchLog(b *testing.B, n int) (cpEnv, *Checkpointer) {
 	b.Helper()
 	ctx := context.Background()
 	k := keyring(b, hexA, "")
-	outbox, err := NewOutbox(k, false)
+	outbox, err := NewOutbox(relaysqlite.New(nil), k, false)
 	if err != nil {
 		b.Fatal(err)
 	}
-	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { store.Close() })
-	if err := MigrateSQLite(ctx, store.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, store.DB()); err != nil {
 		b.Fatal(err)
 	}
 	key, _ := pii.NewPseudonymKey()
 	clock := newClock()
-	r, err := NewSQLite(store.DB(), Config{Keyring: k, Pseudonymizer: pii.NewPseudonymizer(key), Now: clock.Now})
+	r, err := New(relaysqlite.New(store.DB()), Config{Keyring: k, Pseudonymizer: pii.NewPseudonymizer(key), Now: clock.Now})
 	if err != nil {
 		b.Fatal(err)
 	}

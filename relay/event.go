@@ -6,6 +6,16 @@
 // Nothing is lost between the decision and the delivery: the audit entry and
 // the River delivery job are written in the same database transaction as the
 // consent record (a transactional outbox), so either all three exist or none.
+// The consent store calls the relay's Outbox writer (a consent.Outbox) in
+// that transaction.
+//
+// The relay works on either database through a driver (relay/relaydriver):
+// relay/relaypg on PostgreSQL, relay/relaysqlite on the embedded SQLite,
+// each with its migrations:
+//
+//	ob, _ := relay.NewOutbox(relaypg.New(nil), keys, deliver) // pgstore.Options{Outbox: ob}
+//	_ = relaypg.Migrate(ctx, pool)
+//	rel, _ := relay.New(relaypg.New(pool), cfg)
 //
 // PHI never appears in clear in an event, a log line or an error: from, to and
 // transcript travel as JWE values made by internal/pii, and errors carry at
@@ -110,7 +120,7 @@ func TypeForDecision(d consent.Decision) (string, error) {
 // the active key and bound is passed on as it is. Re-sealing every value for
 // the event would buy nothing the record's binding does not give — a record
 // is exactly one event — and would cost an AES-GCM open and seal per value
-// inside the transaction that records the decision (AfterInsert), where a
+// inside the transaction that records the decision (the outbox's Append), where a
 // batch of 128 decisions holds SQLite's one writer. A value under a retired
 // key, or sealed before bindings existed, is opened and re-sealed under the
 // active key, bound, so a receiver only ever needs the current key. A value

@@ -15,23 +15,25 @@ import (
 	"github.com/consentline/consentline/consent/pgstore"
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/testdb"
+	"github.com/consentline/consentline/relay/relaydriver"
+	"github.com/consentline/consentline/relay/relaypg"
 )
 
 func newPGEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
 	ctx := context.Background()
 	k := keyring(t, hexA, "")
-	outbox, err := NewOutbox(k, true)
+	outbox, err := NewOutbox(relaypg.New(nil), k, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := pgstore.Open(ctx, testdb.Postgres(t), pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+	store, err := pgstore.Open(ctx, testdb.Postgres(t), pgstore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
 	pool := store.Pool()
-	if err := MigratePostgres(ctx, pool); err != nil {
+	if err := relaypg.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
 	clock := &fakeClock{t: time.Now().UTC()}
@@ -40,7 +42,7 @@ func newPGEnv(t *testing.T, o envOpts) *env {
 	}
 	hook := newCatchHook(t, o.respond)
 	cfg, logs := testConfig(t, k, clock, hook, o)
-	r, err := NewPostgres(pool, cfg)
+	r, err := New(relaypg.New(pool), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +183,7 @@ func TestPostgresChainLocksIndependent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // released at the end either way
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey+int64(ChainOf(held))); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, relaydriver.AuditLockKey+int64(ChainOf(held))); err != nil {
 		t.Fatal(err)
 	}
 	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -229,7 +231,7 @@ func benchPGStore(b *testing.B, urlParams string) (*pgstore.Store, *pii.Keyring)
 	b.Helper()
 	ctx := context.Background()
 	k := keyring(b, hexA, "")
-	outbox, _ := NewOutbox(k, true)
+	outbox, _ := NewOutbox(relaypg.New(nil), k, true)
 	url := testdb.Postgres(b)
 	if urlParams != "" {
 		sep := "?"
@@ -238,12 +240,12 @@ func benchPGStore(b *testing.B, urlParams string) (*pgstore.Store, *pii.Keyring)
 		}
 		url += sep + urlParams
 	}
-	store, err := pgstore.Open(ctx, url, pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+	store, err := pgstore.Open(ctx, url, pgstore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { store.Close() })
-	if err := MigratePostgres(ctx, store.Pool()); err != nil {
+	if err := relaypg.Migrate(ctx, store.Pool()); err != nil {
 		b.Fatal(err)
 	}
 	return store, k
@@ -371,22 +373,22 @@ func TestPostgresOverlappingBatchesFromInstances(t *testing.T) {
 	const instances, calls = 3, 120
 	stores := make([]*pgstore.Store, instances)
 	for i := range stores {
-		outbox, err := NewOutbox(k, true)
+		outbox, err := NewOutbox(relaypg.New(nil), k, true)
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := pgstore.Open(ctx, url, pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+		st, err := pgstore.Open(ctx, url, pgstore.Options{Migrate: true, Outbox: outbox})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
 		stores[i] = st
 	}
-	if err := MigratePostgres(ctx, stores[0].Pool()); err != nil {
+	if err := relaypg.Migrate(ctx, stores[0].Pool()); err != nil {
 		t.Fatal(err)
 	}
 	cfg, _ := testConfig(t, k, newClock(), newCatchHook(t, func(int, http.ResponseWriter, *http.Request, []byte) {}), envOpts{})
-	rel, err := NewPostgres(stores[1].Pool(), cfg)
+	rel, err := New(relaypg.New(stores[1].Pool()), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

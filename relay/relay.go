@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -10,133 +9,13 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
-	"github.com/riverqueue/river/riverdriver/riversqlite"
 
-	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/internal/groupcommit"
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/telemetry"
+	"github.com/consentline/consentline/relay/relaydriver"
 )
-
-// Outbox writes relay events inside the caller's transaction: the audit
-// entries and, when Zapier delivery is on, the River delivery jobs. Its hooks
-// have the signatures of the stores' Options.AfterInsert, so a batch of
-// consent records, their audit entries and their delivery jobs commit or
-// roll back together.
-//
-// It needs no database handle (River inserts through the transaction it is
-// given), so it can be built before the store it is passed to.
-type Outbox struct {
-	k       *pii.Keyring
-	deliver bool
-	sq      *river.Client[*sql.Tx]
-	pg      *river.Client[pgx.Tx]
-}
-
-// NewOutbox returns an Outbox sealing with k. deliver says whether Zapier
-// delivery is on (ZAPIER_WEBHOOK_URL set); when it is off only the audit
-// entries are written.
-func NewOutbox(k *pii.Keyring, deliver bool) (*Outbox, error) {
-	if k == nil {
-		return nil, errors.New("relay: outbox needs a keyring")
-	}
-	// Insert-only clients: a nil pool is River's documented way to allow
-	// the *Tx inserts and nothing else. They still wake the workers: they send
-	// River's insert notification (pg_notify on PostgreSQL, River's
-	// notification table on SQLite) in the transaction, but at most once per
-	// FetchCooldown per client; at River's default (100 ms) a job committed
-	// inside that window waited for a later insert or the 1 s poll.
-	ic := &river.Config{FetchCooldown: insertNotifyCooldown}
-	sq, err := river.NewClient(riversqlite.New(nil), ic)
-	if err != nil {
-		return nil, err
-	}
-	pg, err := river.NewClient(riverpgxv5.New(nil), ic)
-	if err != nil {
-		return nil, err
-	}
-	return &Outbox{k: k, deliver: deliver, sq: sq, pg: pg}, nil
-}
-
-// SQLiteAfterInsert is sqlitestore's Options.AfterInsert: the records a
-// batch created, in the store's order.
-func (o *Outbox) SQLiteAfterInsert(ctx context.Context, tx *sql.Tx, recs []consent.Record) error {
-	evs, err := o.consentEvents(recs)
-	if err != nil {
-		return err
-	}
-	_, err = o.addSQLite(ctx, tx, evs)
-	return err
-}
-
-// PostgresAfterInsert is pgstore's Options.AfterInsert: the records a batch
-// created, in the store's order.
-func (o *Outbox) PostgresAfterInsert(ctx context.Context, tx pgx.Tx, recs []consent.Record) error {
-	evs, err := o.consentEvents(recs)
-	if err != nil {
-		return err
-	}
-	_, err = o.addPostgres(ctx, tx, evs)
-	return err
-}
-
-func (o *Outbox) consentEvents(recs []consent.Record) ([]Event, error) {
-	evs := make([]Event, len(recs))
-	for i, rec := range recs {
-		ev, err := NewConsentEvent(rec, o.k)
-		if err != nil {
-			return nil, err
-		}
-		evs[i] = ev
-	}
-	return evs, nil
-}
-
-// deliveryJobs are the River jobs for the events appended (created) now.
-func deliveryJobs(evs []Event, created []bool) []river.InsertManyParams {
-	var jobs []river.InsertManyParams
-	for i, ev := range evs {
-		if created[i] {
-			jobs = append(jobs, river.InsertManyParams{Args: DeliverArgs{EventID: ev.ID}})
-		}
-	}
-	return jobs
-}
-
-func (o *Outbox) addSQLite(ctx context.Context, tx *sql.Tx, evs []Event) ([]bool, error) {
-	created, err := appendAudit(ctx, sqliteAudit{tx}, evs)
-	if err != nil || !o.deliver {
-		return created, err
-	}
-	if jobs := deliveryJobs(evs, created); len(jobs) > 0 {
-		// The "fast" insert: on SQLite the other one returns every column
-		// of every job, decoding its JSON back to text, which profiled as
-		// about a third of a status callback's CPU. The job ids it would
-		// return are not needed, and delivery jobs are never unique (the
-		// one case the fast insert handles worse). Workers are still
-		// notified.
-		if _, err := o.sq.InsertManyFastTx(ctx, tx, jobs); err != nil {
-			return nil, fmt.Errorf("relay: enqueue delivery: %w", err)
-		}
-	}
-	return created, nil
-}
-
-func (o *Outbox) addPostgres(ctx context.Context, tx pgx.Tx, evs []Event) ([]bool, error) {
-	created, err := appendAudit(ctx, pgAudit{tx}, evs)
-	if err != nil || !o.deliver {
-		return created, err
-	}
-	if jobs := deliveryJobs(evs, created); len(jobs) > 0 {
-		if _, err := o.pg.InsertManyTx(ctx, tx, jobs); err != nil {
-			return nil, fmt.Errorf("relay: enqueue delivery: %w", err)
-		}
-	}
-	return created, nil
-}
 
 // Config configures a Relay. Keyring is required; WebhookURL and Signer
 // together turn Zapier delivery on.
@@ -196,10 +75,6 @@ const DefaultWorkers = 16
 // events/s and added up to 100 ms to every delivery).
 const fetchCooldown = 10 * time.Millisecond
 
-// insertNotifyCooldown is the shortest time between two insert
-// notifications from the outbox (River's minimum FetchCooldown).
-const insertNotifyCooldown = time.Millisecond
-
 // jobTimeoutMargin is how much longer than the HTTP attempt River's job
 // context lives (see deliverWorker.Timeout).
 const jobTimeoutMargin = 5 * time.Second
@@ -228,7 +103,6 @@ func DefaultRescueAfter(attemptTimeout time.Duration) time.Duration {
 type Relay struct {
 	cfg           Config
 	clockInjected bool // cfg.Now came from the caller: River runs on it too
-	outbox        *Outbox
 	b             backend
 	calls         *groupcommit.Committer[Event, bool] // RecordCallCompleted's batches
 	zapier        *Zapier
@@ -237,20 +111,27 @@ type Relay struct {
 	log           *slog.Logger
 }
 
-// backend is what differs between SQLite and PostgreSQL.
-type backend interface {
-	entry(ctx context.Context, eventID string) (AuditEntry, error)
-	walk(ctx context.Context, fn func(AuditEntry) error) error
-	// record appends events (and queues their deliveries) in one
-	// transaction, reporting for each whether it was new.
-	record(ctx context.Context, evs []Event) ([]bool, error)
-	enqueue(ctx context.Context, eventID string) (int64, error)
-	list(ctx context.Context, p *river.JobListParams) ([]Delivery, error)
-	start(ctx context.Context) error
-	stop(ctx context.Context) error
-	stopAndCancel(ctx context.Context) error
-	// queueDepth counts the delivery jobs in each River state.
-	queueDepth(ctx context.Context, states []string) (map[string]int64, error)
+// New returns a Relay on the database driver d (relaypg.New(pool),
+// relaysqlite.New(db)): the River client it delivers with is built on d's
+// River driver, and only that one.
+func New[Tx any](d relaydriver.Driver[Tx], cfg Config) (*Relay, error) {
+	r, err := newRelay(cfg)
+	if err != nil {
+		return nil, err
+	}
+	client, err := river.NewClient(d.River(), r.riverConfig())
+	if err != nil {
+		return nil, fmt.Errorf("relay: river client: %w", err)
+	}
+	// RecordCallCompleted's own transactions write through the same outbox
+	// writer as the stores' (relay events have one write path).
+	ob, err := NewOutbox(d, cfg.Keyring, r.Delivering())
+	if err != nil {
+		return nil, err
+	}
+	r.b = &driverBackend[Tx]{d: d, client: client, outbox: ob}
+	r.newCallBatcher()
+	return r, nil
 }
 
 func newRelay(cfg Config) (*Relay, error) {
@@ -298,15 +179,10 @@ func newRelay(cfg Config) (*Relay, error) {
 	if b.Now == nil {
 		b.Now = cfg.Now
 	}
-	ob, err := NewOutbox(cfg.Keyring, cfg.WebhookURL != "")
-	if err != nil {
-		return nil, err
-	}
 	client := cfg.HTTPClient
 	return &Relay{
 		cfg:           cfg,
 		clockInjected: clockInjected,
-		outbox:        ob,
 		zapier:        &Zapier{URL: cfg.WebhookURL, Signer: cfg.Signer, Client: client, Timeout: cfg.AttemptTimeout, Now: cfg.Now},
 		pace:          newPacer(cfg.RateLimit),
 		backoff:       b,
@@ -363,10 +239,6 @@ func (c riverClock) NowOrNil() *time.Time {
 	t := c.Now()
 	return &t
 }
-
-// Outbox returns the relay's outbox (its hooks are the stores'
-// AfterInsert).
-func (r *Relay) Outbox() *Outbox { return r.outbox }
 
 // Delivering reports whether Zapier delivery is configured.
 func (r *Relay) Delivering() bool { return r.cfg.WebhookURL != "" }

@@ -17,6 +17,7 @@ import (
 	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/telemetry"
+	"github.com/consentline/consentline/relay/relaysqlite"
 )
 
 // env is a store, its relay and a catch hook, wired as `serve` wires them.
@@ -72,19 +73,19 @@ func newSQLiteEnv(t *testing.T, o envOpts) *env {
 	}
 	hook := newCatchHook(t, o.respond)
 	cfg, logs := testConfig(t, k, clock, hook, o)
-	outbox, err := NewOutbox(k, true)
+	outbox, err := NewOutbox(relaysqlite.New(nil), k, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	if err := MigrateSQLite(ctx, store.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, store.DB()); err != nil {
 		t.Fatal(err)
 	}
-	r, err := NewSQLite(store.DB(), cfg)
+	r, err := New(relaysqlite.New(store.DB()), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,13 +281,13 @@ func TestSQLiteHookFailureRollsBackRecord(t *testing.T) {
 	ctx := context.Background()
 	// The record's PII was sealed under a key this outbox can't open: the
 	// event can't be built, so the record must not be stored either.
-	outbox, _ := NewOutbox(keyring(t, hexB, ""), true)
-	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	outbox, _ := NewOutbox(relaysqlite.New(nil), keyring(t, hexB, ""), true)
+	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	if err := MigrateSQLite(ctx, store.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, store.DB()); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = store.Record(ctx, record(t, keyring(t, hexA, ""), "rec_x", "CA_X"))
@@ -382,13 +383,13 @@ var _ = sql.ErrNoRows
 func BenchmarkSQLiteRecordWithOutbox(b *testing.B) {
 	ctx := context.Background()
 	k := keyring(b, hexA, "")
-	outbox, _ := NewOutbox(k, true)
-	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	outbox, _ := NewOutbox(relaysqlite.New(nil), k, true)
+	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer store.Close()
-	if err := MigrateSQLite(ctx, store.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, store.DB()); err != nil {
 		b.Fatal(err)
 	}
 	rec := record(b, k, "", "")

@@ -2,105 +2,100 @@ package relay
 
 import (
 	"context"
-	"database/sql"
 	"errors"
-	"regexp"
-	"sync"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/riverqueue/river"
+
+	"github.com/consentline/consentline/relay/relaydriver"
 )
 
-// txq is the little the audit log needs from a transaction, over both
-// database/sql (SQLite) and pgx (PostgreSQL). Queries are written with $N
-// placeholders, in order, and rebound to ? for SQLite.
-type txq interface {
-	queryRow(ctx context.Context, query string, args ...any) rowScanner
-	exec(ctx context.Context, query string, args ...any) error
-	postgres() bool
+// backend is the Relay's database: a relaydriver.Driver and the River client
+// built on it, behind one interface that does not depend on the driver's
+// transaction type.
+type backend interface {
+	entry(ctx context.Context, eventID string) (AuditEntry, error)
+	walk(ctx context.Context, fn func(AuditEntry) error) error
+	// record appends events (and queues their deliveries) in one
+	// transaction, reporting for each whether it was new.
+	record(ctx context.Context, evs []Event) ([]bool, error)
+	enqueue(ctx context.Context, eventID string) (int64, error)
+	list(ctx context.Context, p *river.JobListParams) ([]Delivery, error)
+	start(ctx context.Context) error
+	stop(ctx context.Context) error
+	stopAndCancel(ctx context.Context) error
+	// queueDepth counts the delivery jobs in each River state.
+	queueDepth(ctx context.Context, states []string) (map[string]int64, error)
+	// db runs the checkpoints' statements.
+	db() relaydriver.DB
 }
 
-type rowScanner interface{ Scan(dest ...any) error }
+type driverBackend[Tx any] struct {
+	d      relaydriver.Driver[Tx]
+	client *river.Client[Tx]
+	outbox *Outbox[Tx]
+}
 
-var errNoRows = errors.New("no rows")
+func (b *driverBackend[Tx]) entry(ctx context.Context, id string) (AuditEntry, error) {
+	return loadEntry(ctx, b.d.DB(), id)
+}
 
-var dollarN = regexp.MustCompile(`\$[0-9]+`)
-
-// rebound caches rebind's results: the queries are a handful of constants,
-// so there is no need to run the regexp again on every statement.
-var rebound sync.Map // query -> rebound query
-
-func rebind(q string) string {
-	if r, ok := rebound.Load(q); ok {
-		return r.(string)
+func (b *driverBackend[Tx]) walk(ctx context.Context, fn func(AuditEntry) error) error {
+	rows, err := b.d.DB().Query(ctx, `SELECT `+relaydriver.AuditColumns+` FROM relay_audit ORDER BY chain, seq`)
+	if err != nil {
+		return err
 	}
-	r := dollarN.ReplaceAllString(q, "?")
-	rebound.Store(q, r)
-	return r
-}
-
-type sqlQ struct {
-	q interface {
-		QueryRowContext(context.Context, string, ...any) *sql.Row
-		ExecContext(context.Context, string, ...any) (sql.Result, error)
+	defer rows.Close()
+	for rows.Next() {
+		e, err := scanEntry(rows)
+		if err != nil {
+			return err
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
 	}
+	return rows.Err()
 }
 
-func (s sqlQ) queryRow(ctx context.Context, query string, args ...any) rowScanner {
-	return noRowsRow{s.q.QueryRowContext(ctx, rebind(query), args...)}
+func (b *driverBackend[Tx]) record(ctx context.Context, evs []Event) ([]bool, error) {
+	var created []bool
+	err := b.d.InTx(ctx, func(tx Tx) error {
+		var err error
+		created, err = b.outbox.add(ctx, tx, evs)
+		return err
+	})
+	return created, err
 }
 
-func (s sqlQ) exec(ctx context.Context, query string, args ...any) error {
-	_, err := s.q.ExecContext(ctx, rebind(query), args...)
-	return err
-}
-
-func (sqlQ) postgres() bool { return false }
-
-type pgQ struct {
-	q interface {
-		QueryRow(context.Context, string, ...any) pgx.Row
-		Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+func (b *driverBackend[Tx]) enqueue(ctx context.Context, eventID string) (int64, error) {
+	res, err := b.client.Insert(ctx, DeliverArgs{EventID: eventID}, nil)
+	if err != nil {
+		return 0, err
 	}
+	return res.Job.ID, nil
 }
 
-func (p pgQ) queryRow(ctx context.Context, query string, args ...any) rowScanner {
-	return noRowsRow{p.q.QueryRow(ctx, query, args...)}
-}
-
-func (p pgQ) exec(ctx context.Context, query string, args ...any) error {
-	_, err := p.q.Exec(ctx, query, args...)
-	return err
-}
-
-func (pgQ) postgres() bool { return true }
-
-// noRowsRow maps both drivers' "no rows" errors to errNoRows.
-type noRowsRow struct{ r rowScanner }
-
-func (n noRowsRow) Scan(dest ...any) error {
-	err := n.r.Scan(dest...)
-	if errors.Is(err, sql.ErrNoRows) || errors.Is(err, pgx.ErrNoRows) {
-		return errNoRows
+func (b *driverBackend[Tx]) list(ctx context.Context, p *river.JobListParams) ([]Delivery, error) {
+	res, err := b.client.JobList(ctx, p)
+	if err != nil {
+		return nil, err
 	}
-	return err
+	return deliveries(res.Jobs), nil
 }
 
-// auditLockKey is the base of the transaction-scoped advisory locks that
-// serialize appends on PostgreSQL, one per chain (auditLockKey + chain): two
-// transactions must not both read the same chain head and chain onto it.
-// The lock is held until COMMIT, so one lock for the whole log lined every
-// decision's WAL flush up behind the previous one; per-chain locks let
-// commits in different chains overlap. (SQLite has a single writer whose
-// transactions begin IMMEDIATE, which serializes appends already.) The value
-// is arbitrary but fixed; River hashes its own advisory lock keys, so a
-// collision with the AuditChains keys from here up is as unlikely as any
-// 64-bit one.
-const auditLockKey int64 = 0x72656c6179617564 // "relayaud"
+func (b *driverBackend[Tx]) start(ctx context.Context) error { return b.client.Start(ctx) }
+func (b *driverBackend[Tx]) stop(ctx context.Context) error  { return b.client.Stop(ctx) }
+func (b *driverBackend[Tx]) stopAndCancel(ctx context.Context) error {
+	return b.client.StopAndCancel(ctx)
+}
 
-const auditColumns = `chain, seq, event_id, type, occurred_at, event, prev_hash, hash`
+func (b *driverBackend[Tx]) queueDepth(ctx context.Context, states []string) (map[string]int64, error) {
+	return b.d.QueueDepth(ctx, QueueName, states)
+}
 
-func scanEntry(r rowScanner) (AuditEntry, error) {
+func (b *driverBackend[Tx]) db() relaydriver.DB { return b.d.DB() }
+
+func scanEntry(r relaydriver.Row) (AuditEntry, error) {
 	var e AuditEntry
 	var body string
 	if err := r.Scan(&e.Chain, &e.Seq, &e.EventID, &e.Type, &e.OccurredAt, &body, &e.PrevHash, &e.Hash); err != nil {
@@ -113,9 +108,9 @@ func scanEntry(r rowScanner) (AuditEntry, error) {
 // ErrEventNotFound is returned when no audit entry has the event id.
 var ErrEventNotFound = errors.New("relay: no such event in the audit log")
 
-func loadEntry(ctx context.Context, q txq, eventID string) (AuditEntry, error) {
-	e, err := scanEntry(q.queryRow(ctx, `SELECT `+auditColumns+` FROM relay_audit WHERE event_id = $1`, eventID))
-	if errors.Is(err, errNoRows) {
+func loadEntry(ctx context.Context, db relaydriver.DB, eventID string) (AuditEntry, error) {
+	e, err := scanEntry(db.QueryRow(ctx, `SELECT `+relaydriver.AuditColumns+` FROM relay_audit WHERE event_id = $1`, eventID))
+	if errors.Is(err, relaydriver.ErrNoRows) {
 		return AuditEntry{}, ErrEventNotFound
 	}
 	return e, err

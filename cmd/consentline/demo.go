@@ -59,10 +59,7 @@ func demo(ctx context.Context, stdout, stderr io.Writer) error {
 		Threshold:     consent.DefaultThreshold,
 		Scripts:       twiml.Builtin(),
 	}
-	outbox, err := relay.NewOutbox(keys, false)
-	if err != nil {
-		return err
-	}
+	outbox := &outboxSettings{keys: keys}
 	metrics := telemetry.New()
 	b, err := openBackends(ctx, "", "", dir, outbox, metrics)
 	if err != nil {

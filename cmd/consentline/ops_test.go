@@ -20,7 +20,6 @@ import (
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
-	"github.com/consentline/consentline/relay"
 )
 
 // decideCalls runs n calls to a decision against a server on dataDir, the
@@ -32,10 +31,7 @@ func decideCalls(t *testing.T, env map[string]string, n int) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	outbox, err := relay.NewOutbox(s.Keys, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	outbox := &outboxSettings{keys: s.Keys}
 	b, err := openBackends(ctx, "", "", s.DataDir, outbox, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -27,6 +27,8 @@ import (
 	"github.com/consentline/consentline/mediastream"
 	"github.com/consentline/consentline/mediastream/deepgram"
 	"github.com/consentline/consentline/relay"
+	"github.com/consentline/consentline/relay/relaypg"
+	"github.com/consentline/consentline/relay/relaysqlite"
 )
 
 func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
@@ -37,10 +39,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	log := slog.New(slog.NewJSONHandler(stdout, nil))
 	metrics := telemetry.New()
 
-	outbox, err := relay.NewOutbox(s.Keys, s.ZapierWebhookURL != "")
-	if err != nil {
-		return err
-	}
+	outbox := &outboxSettings{keys: s.Keys, deliver: s.ZapierWebhookURL != ""}
 	b, err := openBackends(ctx, s.DatabaseURL, s.RedisURL, s.DataDir, outbox, metrics)
 	if err != nil {
 		return err
@@ -376,48 +375,67 @@ type database struct {
 	newRelay func(relay.Config) (*relay.Relay, error)
 }
 
+// outboxSettings are what the relay's outbox writer needs: the keyring its
+// events are sealed with, and whether Zapier delivery is on (then each
+// event also gets a delivery job).
+type outboxSettings struct {
+	keys    *pii.Keyring
+	deliver bool
+}
+
 // openDatabase opens and migrates PostgreSQL when databaseURL is set, else
-// the embedded SQLite database in dataDir; River's tables are migrated with
-// the store's own. m (nil for none) records the store's commits.
-func openDatabase(ctx context.Context, databaseURL, dataDir string, outbox *relay.Outbox, m *telemetry.Metrics) (*database, error) {
+// the embedded SQLite database in dataDir; the relay's tables (its audit
+// log's and River's) are migrated after the store's own. With outbox (nil
+// for none, for commands that record nothing), the store is given that
+// driver's relay outbox writer, which writes each record's relay event in
+// the record's transaction. m (nil for none) records the store's commits.
+func openDatabase(ctx context.Context, databaseURL, dataDir string, outbox *outboxSettings, m *telemetry.Metrics) (*database, error) {
 	if databaseURL != "" {
 		opts := pgstore.Options{Migrate: true, Metrics: m}
 		if outbox != nil {
-			opts.AfterInsert = outbox.PostgresAfterInsert
+			ob, err := relay.NewOutbox(relaypg.New(nil), outbox.keys, outbox.deliver)
+			if err != nil {
+				return nil, err
+			}
+			opts.Outbox = ob
 		}
 		st, err := pgstore.Open(ctx, databaseURL, opts)
 		if err != nil {
 			return nil, fmt.Errorf("opening the postgres database: %w", err)
 		}
-		if err := relay.MigratePostgres(ctx, st.Pool()); err != nil {
+		if err := relaypg.Migrate(ctx, st.Pool()); err != nil {
 			_ = st.Close()
-			return nil, fmt.Errorf("migrating the relay's job tables: %w", err)
+			return nil, fmt.Errorf("migrating the relay's tables: %w", err)
 		}
 		return &database{kind: "postgres", metrics: m, store: st, newRelay: func(c relay.Config) (*relay.Relay, error) {
-			return relay.NewPostgres(st.Pool(), c)
+			return relay.New(relaypg.New(st.Pool()), c)
 		}}, nil
 	}
 	opts := sqlitestore.Options{Migrate: true, Metrics: m}
 	if outbox != nil {
-		opts.AfterInsert = outbox.SQLiteAfterInsert
+		ob, err := relay.NewOutbox(relaysqlite.New(nil), outbox.keys, outbox.deliver)
+		if err != nil {
+			return nil, err
+		}
+		opts.Outbox = ob
 	}
 	st, err := sqlitestore.Open(ctx, dataDir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("opening the sqlite database in %s: %w", dataDir, err)
 	}
-	if err := relay.MigrateSQLite(ctx, st.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, st.DB()); err != nil {
 		_ = st.Close()
-		return nil, fmt.Errorf("migrating the relay's job tables: %w", err)
+		return nil, fmt.Errorf("migrating the relay's tables: %w", err)
 	}
 	return &database{kind: "sqlite", metrics: m, store: st, newRelay: func(c relay.Config) (*relay.Relay, error) {
-		return relay.NewSQLite(st.DB(), c)
+		return relay.New(relaysqlite.New(st.DB()), c)
 	}}, nil
 }
 
 // openBackends opens the database (with outbox writing each record's relay
 // event in the record's transaction; nil for none) and the per-call lock;
 // m (nil for none) is what the app built on them records into.
-func openBackends(ctx context.Context, databaseURL, redisURL, dataDir string, outbox *relay.Outbox, m *telemetry.Metrics) (*backends, error) {
+func openBackends(ctx context.Context, databaseURL, redisURL, dataDir string, outbox *outboxSettings, m *telemetry.Metrics) (*backends, error) {
 	db, err := openDatabase(ctx, databaseURL, dataDir, outbox, m)
 	if err != nil {
 		return nil, err

@@ -3,12 +3,10 @@ package pgstore
 import (
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/consentline/consentline/internal/sqlmigrate"
@@ -35,12 +33,6 @@ func embeddedMigrations() fs.FS {
 // from other keys used on this one (River's are derived from hashes of its
 // own names). The digits spell "consentl".
 const migrationLockKey int64 = 0x636f6e73656e746c
-
-const createHistory = `CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    bigint      NOT NULL PRIMARY KEY,
-    name       text        NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)`
 
 // Migrate applies the embedded migrations not yet recorded in
 // schema_migrations, each in its own transaction together with its history
@@ -87,13 +79,8 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) (err error) {
 	}
 	locked = true
 
-	if _, err := conn.Exec(ctx, createHistory); err != nil {
-		return fmt.Errorf("pgstore: migrate: create schema_migrations: %w", ctxCause(ctx, err))
-	}
-	for _, m := range ms {
-		if err := apply(ctx, conn.Conn(), m); err != nil {
-			return fmt.Errorf("pgstore: migration %s: %w", m.File(), ctxCause(ctx, err))
-		}
+	if err := sqlmigrate.ApplyPostgres(ctx, conn.Conn(), "schema_migrations", ms); err != nil {
+		return fmt.Errorf("pgstore: %w", ctxCause(ctx, err))
 	}
 	return nil
 }
@@ -104,36 +91,4 @@ func destroy(conn *pgxpool.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = c.Close(ctx)
-}
-
-func apply(ctx context.Context, conn *pgx.Conn, m sqlmigrate.Migration) error {
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	// With ctx ended this fails and pgx closes the connection, which also
-	// ends the session and its advisory lock.
-	defer tx.Rollback(ctx)
-	var applied string
-	err = tx.QueryRow(ctx, `SELECT name FROM schema_migrations WHERE version = $1`, m.Version).Scan(&applied)
-	switch {
-	case err == nil:
-		if applied != m.Name {
-			// Two different changes under one number: the database's schema
-			// is not what this binary believes, so refuse to run on it.
-			return fmt.Errorf("version %d is recorded as %q, this binary has %q", m.Version, applied, m.Name)
-		}
-		return nil
-	case !errors.Is(err, pgx.ErrNoRows):
-		return err
-	}
-	// No arguments: pgx sends it with the simple protocol, which runs a
-	// file of several statements.
-	if _, err := tx.Exec(ctx, m.SQL); err != nil {
-		return err
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
-		return err
-	}
-	return tx.Commit(ctx)
 }

@@ -10,7 +10,7 @@
 //
 // Record calls arriving together share one transaction (internal/groupcommit):
 // a committer takes every Record waiting, up to MaxBatch, and inserts them
-// all, with the AfterInsert hook's writes for those created, in one
+// all, with the relay events of those created (Options.Outbox), in one
 // transaction, so a burst pays for one COMMIT and WAL flush per batch rather
 // than per decision. Up to ConcurrentBatches such transactions run at once. A batch runs under a context of its own that ends when
 // every caller in it has given up (then the statement is canceled as below);
@@ -47,15 +47,16 @@ type Options struct {
 	// caller runs Migrate (e.g. from a separate "migrate" command).
 	Migrate bool
 
-	// AfterInsert, when set, is called inside the transaction that created
-	// records, right after the inserts, with the records it created (never
-	// one Record found already stored), ordered by call SID and script id.
-	// An error from it rolls the whole transaction back, so the records and
-	// whatever the hook wrote (e.g. audit entries, or River jobs inserted
-	// with InsertManyTx) are stored together or not at all; the batch's
-	// records are then committed again one at a time, so a record the hook
-	// cannot handle fails alone.
-	AfterInsert func(ctx context.Context, tx pgx.Tx, recs []consent.Record) error
+	// Outbox, when set, writes the relay events of the records a batch
+	// created (serve gives it the relay's writer, relay.NewOutbox over
+	// relaypg: audit entries and River delivery jobs), inside the batch's
+	// transaction, right after the inserts, with the records ordered
+	// by call SID and script id. An error from it rolls the whole
+	// transaction back, so the records and their events are stored together
+	// or not at all; the batch's records are then committed again one at a
+	// time, so a record the outbox cannot handle fails alone. Nil: records
+	// only (the store's own tests).
+	Outbox consent.Outbox[pgx.Tx]
 
 	// MaxBatch is the most records one transaction takes (default
 	// groupcommit.DefaultMaxBatch).
@@ -78,9 +79,9 @@ type Options struct {
 // Store is the PostgreSQL consent.Store. Its methods are safe for concurrent
 // use.
 type Store struct {
-	pool        *pgxpool.Pool
-	afterInsert func(ctx context.Context, tx pgx.Tx, recs []consent.Record) error
-	records     *groupcommit.Committer[consent.Record, stored]
+	pool    *pgxpool.Pool
+	outbox  consent.Outbox[pgx.Tx]
+	records *groupcommit.Committer[consent.Record, stored]
 }
 
 // stored is one Record's outcome.
@@ -115,7 +116,7 @@ func Open(ctx context.Context, databaseURL string, opts Options) (*Store, error)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: %w", err)
 	}
-	s := &Store{pool: pool, afterInsert: opts.AfterInsert}
+	s := &Store{pool: pool, outbox: opts.Outbox}
 	concurrent := opts.ConcurrentBatches
 	if concurrent <= 0 {
 		concurrent = min(2, max(1, int(cfg.MaxConns)/2))
@@ -219,7 +220,8 @@ func keyOf(rec consent.Record) recordKey { return recordKey{rec.CallSID, rec.Scr
 // (call SID, script id) order. Every instance's batches take the rows' locks
 // in that one order (an INSERT that meets another transaction's uncommitted
 // row for its key waits for it), so two batches sharing records cannot
-// deadlock, and AfterInsert takes its own locks only after all the inserts.
+// deadlock, and the outbox takes its own locks (the audit chains') only
+// after all the inserts.
 func (s *Store) commit(ctx context.Context, batch []consent.Record) ([]groupcommit.Result[stored], error) {
 	first := make(map[recordKey]int, len(batch))
 	var pending []int
@@ -301,14 +303,14 @@ func (s *Store) commitOnce(ctx context.Context, recs []consent.Record) ([]*store
 			Query(context.Context, string, ...any) (pgx.Rows, error)
 		} = s.pool
 	)
-	if s.afterInsert != nil {
+	if s.outbox != nil {
 		if tx, err = s.pool.Begin(ctx); err != nil {
 			return nil, err
 		}
 		defer tx.Rollback(ctx) // no-op after Commit
 		q = tx
 	}
-	// Without a hook there is no explicit transaction: the statements of one
+	// Without an outbox there is no explicit transaction: the statements of one
 	// pipelined batch run in one implicit transaction, committed at its end,
 	// so the inserts are still all or nothing, in one round trip.
 	br := q.SendBatch(ctx, b)
@@ -366,8 +368,10 @@ func (s *Store) commitOnce(ctx context.Context, recs []consent.Record) ([]*store
 		}
 	}
 	if len(created) > 0 {
-		if err := s.afterInsert(ctx, tx, created); err != nil {
-			return nil, fmt.Errorf("after insert: %w", err)
+		// The transactional outbox: the created records' audit entries and
+		// delivery jobs, committed with them below.
+		if err := s.outbox.Append(ctx, tx, created); err != nil {
+			return nil, fmt.Errorf("outbox: %w", err)
 		}
 	}
 	return out, tx.Commit(ctx)

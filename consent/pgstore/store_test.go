@@ -213,7 +213,7 @@ func TestMigrationRunner(t *testing.T) {
 	}
 }
 
-func TestAfterInsert(t *testing.T) {
+func TestOutbox(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	url := testdb.Postgres(t)
@@ -223,7 +223,7 @@ func TestAfterInsert(t *testing.T) {
 	var calls atomic.Int32
 	var fail atomic.Bool
 	boom := errors.New("outbox full")
-	s := open(t, url, Options{AfterInsert: func(ctx context.Context, tx pgx.Tx, recs []consent.Record) error {
+	s := open(t, url, Options{Outbox: storetest.OutboxFunc[pgx.Tx](func(ctx context.Context, tx pgx.Tx, recs []consent.Record) error {
 		calls.Add(int32(len(recs)))
 		for _, rec := range recs {
 			// The hook runs in the inserting transaction: it sees the rows.
@@ -242,7 +242,7 @@ func TestAfterInsert(t *testing.T) {
 			return boom
 		}
 		return nil
-	}})
+	})})
 
 	fail.Store(true)
 	rec := storetest.NewRecord(storetest.CallSID(), "hipaa-consent")
@@ -362,7 +362,7 @@ func TestGroupCommit(t *testing.T) {
 	storetest.GroupCommit(t, func(t *testing.T, hook func([]consent.Record) error) consent.Store {
 		// One batch at a time, so that holding the first one queues the rest.
 		s = open(t, testdb.Postgres(t), Options{Migrate: true, ConcurrentBatches: 1,
-			AfterInsert: func(_ context.Context, _ pgx.Tx, recs []consent.Record) error { return hook(recs) }})
+			Outbox: storetest.OutboxFunc[pgx.Tx](func(_ context.Context, _ pgx.Tx, recs []consent.Record) error { return hook(recs) })})
 		return s
 	}, func() int { return count(t, s, `SELECT count(*) FROM consent_records`) })
 }
@@ -379,7 +379,7 @@ func TestStatementsPreparedOnce(t *testing.T) {
 	if strings.Contains(url, "?") {
 		sep = "&"
 	}
-	s := open(t, url+sep+"pool_max_conns=1", Options{Migrate: true, AfterInsert: func(context.Context, pgx.Tx, []consent.Record) error { return nil }})
+	s := open(t, url+sep+"pool_max_conns=1", Options{Migrate: true, Outbox: storetest.OutboxFunc[pgx.Tx](func(context.Context, pgx.Tx, []consent.Record) error { return nil })})
 	for range 20 {
 		if _, _, err := s.Record(ctx, storetest.NewRecord(storetest.CallSID(), "hipaa-consent")); err != nil {
 			t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/consentline/consentline/consent/storetest"
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/relay"
+	"github.com/consentline/consentline/relay/relaysqlite"
 )
 
 // killChildEnv, when set, makes TestKilledMidStreamKeepsAcknowledged the
@@ -33,19 +34,19 @@ func openWired(ctx context.Context, dir string) (*sqlitestore.Store, *relay.Rela
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	ob, err := relay.NewOutbox(k, true)
+	ob, err := relay.NewOutbox(relaysqlite.New(nil), k, true)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	st, err := sqlitestore.Open(ctx, dir, sqlitestore.Options{Migrate: true, AfterInsert: ob.SQLiteAfterInsert})
+	st, err := sqlitestore.Open(ctx, dir, sqlitestore.Options{Migrate: true, Outbox: ob})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if err := relay.MigrateSQLite(ctx, st.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, st.DB()); err != nil {
 		st.Close()
 		return nil, nil, nil, err
 	}
-	rel, err := relay.NewSQLite(st.DB(), relay.Config{Keyring: k})
+	rel, err := relay.New(relaysqlite.New(st.DB()), relay.Config{Keyring: k})
 	if err != nil {
 		st.Close()
 		return nil, nil, nil, err

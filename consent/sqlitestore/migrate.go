@@ -2,12 +2,9 @@ package sqlitestore
 
 import (
 	"context"
-	"database/sql"
 	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
-	"time"
 
 	"github.com/consentline/consentline/internal/sqlmigrate"
 )
@@ -26,12 +23,6 @@ func embeddedMigrations() fs.FS {
 	return sub
 }
 
-const createHistory = `CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INTEGER NOT NULL PRIMARY KEY,
-    name       TEXT    NOT NULL,
-    applied_at TEXT    NOT NULL
-) STRICT`
-
 // Migrate applies the embedded migrations not yet recorded in
 // schema_migrations, each in its own transaction together with its history
 // row, so a failed migration leaves neither its changes nor a claim that it
@@ -47,44 +38,8 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 	if err != nil {
 		return fmt.Errorf("sqlitestore: migrate: %w", err)
 	}
-	if _, err := s.write.ExecContext(ctx, createHistory); err != nil {
-		return fmt.Errorf("sqlitestore: migrate: create schema_migrations: %w", ctxCause(ctx, err))
-	}
-	for _, m := range ms {
-		if err := s.apply(ctx, m); err != nil {
-			return fmt.Errorf("sqlitestore: migration %s: %w", m.File(), ctxCause(ctx, err))
-		}
+	if err := sqlmigrate.ApplySQLite(ctx, s.write, "schema_migrations", ms); err != nil {
+		return fmt.Errorf("sqlitestore: %w", ctxCause(ctx, err))
 	}
 	return nil
-}
-
-func (s *Store) apply(ctx context.Context, m sqlmigrate.Migration) error {
-	tx, err := s.write.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	// Checked inside the write transaction: another process may have applied
-	// it since we last looked.
-	var applied string
-	err = tx.QueryRowContext(ctx, `SELECT name FROM schema_migrations WHERE version = ?`, m.Version).Scan(&applied)
-	switch {
-	case err == nil:
-		if applied != m.Name {
-			// Two different changes under one number: the database's schema
-			// is not what this binary believes, so refuse to run on it.
-			return fmt.Errorf("version %d is recorded as %q, this binary has %q", m.Version, applied, m.Name)
-		}
-		return nil
-	case !errors.Is(err, sql.ErrNoRows):
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
-		m.Version, m.Name, formatTime(time.Now())); err != nil {
-		return err
-	}
-	return tx.Commit()
 }

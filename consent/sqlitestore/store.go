@@ -24,7 +24,7 @@
 //
 // Record calls arriving together share one transaction (internal/groupcommit):
 // one committer takes every Record waiting, up to MaxBatch, and inserts them,
-// with the AfterInsert hook's writes, in one IMMEDIATE transaction on the
+// with the relay events of those created (Options.Outbox), in one IMMEDIATE transaction on the
 // writer. The commit is durable (synchronous=FULL: the WAL is fsynced before
 // COMMIT returns), and a batch pays for one fsync however many decisions it
 // holds. The insert and look-up statements are prepared once on the writer's
@@ -62,17 +62,18 @@ type Options struct {
 	// caller runs Migrate (e.g. from a separate "migrate" command).
 	Migrate bool
 
-	// AfterInsert, when set, is called inside the transaction that created
-	// records, right after the inserts, with the records it created (never
-	// one Record found already stored), ordered by call SID and script id.
-	// An error from it rolls the whole transaction back, so the records and
-	// whatever the hook wrote (e.g. audit entries) are stored together or not
-	// at all; the batch's records are then committed again one at a time, so
-	// a record the hook cannot handle fails alone.
+	// Outbox, when set, writes the relay events of the records a batch
+	// created (serve gives it the relay's writer, relay.NewOutbox over
+	// relaysqlite: audit entries and River delivery jobs), inside the
+	// batch's transaction, right after the inserts, with the records ordered by call SID and script id. An
+	// error from it rolls the whole transaction back, so the records and
+	// their events are stored together or not at all; the batch's records
+	// are then committed again one at a time, so a record the outbox cannot
+	// handle fails alone. Nil: records only (the store's own tests).
 	//
-	// The hook must use tx, not DB(): the writer has one connection and tx is
-	// holding it, so a statement on DB() would wait until ctx ends.
-	AfterInsert func(ctx context.Context, tx *sql.Tx, recs []consent.Record) error
+	// The outbox must use tx, not DB(): the writer has one connection and tx
+	// is holding it, so a statement on DB() would wait until ctx ends.
+	Outbox consent.Outbox[*sql.Tx]
 
 	// MaxBatch is the most records one transaction takes (default
 	// groupcommit.DefaultMaxBatch).
@@ -85,11 +86,11 @@ type Options struct {
 
 // Store is the SQLite consent.Store. Its methods are safe for concurrent use.
 type Store struct {
-	write       *sql.DB
-	read        *sql.DB
-	path        string
-	afterInsert func(ctx context.Context, tx *sql.Tx, recs []consent.Record) error
-	records     *groupcommit.Committer[consent.Record, stored]
+	write   *sql.DB
+	read    *sql.DB
+	path    string
+	outbox  consent.Outbox[*sql.Tx]
+	records *groupcommit.Committer[consent.Record, stored]
 
 	// The hot statements, prepared on the writer's connection at the first
 	// batch (the tables may not exist before Migrate). Only the committer's
@@ -143,7 +144,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	f.Close()
 
-	s := &Store{path: path, afterInsert: opts.AfterInsert}
+	s := &Store{path: path, outbox: opts.Outbox}
 	s.records = groupcommit.New(s.commit, groupcommit.Options{MaxBatch: opts.MaxBatch, Grace: commitGrace,
 		Observe: func(items int, took time.Duration, err error) {
 			opts.Metrics.StoreCommit(telemetry.CommitRecords, items, took, err)
@@ -387,9 +388,11 @@ func (s *Store) commitTx(ctx context.Context, recs []consent.Record) ([]stored, 
 		}
 		out[i] = stored{rec: existing}
 	}
-	if s.afterInsert != nil && len(created) > 0 {
-		if err := s.afterInsert(ctx, tx, created); err != nil {
-			return nil, fmt.Errorf("after insert: %w", err)
+	if s.outbox != nil && len(created) > 0 {
+		// The transactional outbox: the created records' audit entries and
+		// delivery jobs, committed with them below.
+		if err := s.outbox.Append(ctx, tx, created); err != nil {
+			return nil, fmt.Errorf("outbox: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {

@@ -223,12 +223,12 @@ func clone(m fstest.MapFS) fstest.MapFS {
 	return out
 }
 
-func TestAfterInsert(t *testing.T) {
+func TestOutbox(t *testing.T) {
 	ctx := context.Background()
 	var calls atomic.Int32
 	boom := errors.New("outbox full")
 	var fail atomic.Bool
-	s := open(t, t.TempDir(), Options{AfterInsert: func(ctx context.Context, tx *sql.Tx, recs []consent.Record) error {
+	s := open(t, t.TempDir(), Options{Outbox: storetest.OutboxFunc[*sql.Tx](func(ctx context.Context, tx *sql.Tx, recs []consent.Record) error {
 		calls.Add(int32(len(recs)))
 		for _, rec := range recs {
 			// The hook runs in the inserting transaction: it sees the rows.
@@ -247,7 +247,7 @@ func TestAfterInsert(t *testing.T) {
 			return boom
 		}
 		return nil
-	}})
+	})})
 
 	fail.Store(true)
 	rec := storetest.NewRecord(storetest.CallSID(), "hipaa-consent")
@@ -282,10 +282,10 @@ func TestWaitingWriterHonoursContext(t *testing.T) {
 	holding := make(chan struct{})
 	release := make(chan struct{})
 	var once sync.Once
-	s := open(t, t.TempDir(), Options{AfterInsert: func(ctx context.Context, tx *sql.Tx, recs []consent.Record) error {
+	s := open(t, t.TempDir(), Options{Outbox: storetest.OutboxFunc[*sql.Tx](func(ctx context.Context, tx *sql.Tx, recs []consent.Record) error {
 		once.Do(func() { close(holding); <-release })
 		return nil
-	}})
+	})})
 	first := storetest.NewRecord(storetest.CallSID(), "hipaa-consent")
 	done := make(chan error, 1)
 	go func() { _, _, err := s.Record(ctx, first); done <- err }()
@@ -437,7 +437,7 @@ func TestGroupCommit(t *testing.T) {
 	var s *Store
 	storetest.GroupCommit(t, func(t *testing.T, hook func([]consent.Record) error) consent.Store {
 		s = open(t, t.TempDir(), Options{
-			AfterInsert: func(_ context.Context, _ *sql.Tx, recs []consent.Record) error { return hook(recs) }})
+			Outbox: storetest.OutboxFunc[*sql.Tx](func(_ context.Context, _ *sql.Tx, recs []consent.Record) error { return hook(recs) })})
 		return s
 	}, func() int {
 		var n int

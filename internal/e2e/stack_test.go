@@ -25,6 +25,8 @@ import (
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
 	"github.com/consentline/consentline/relay"
+	"github.com/consentline/consentline/relay/relaypg"
+	"github.com/consentline/consentline/relay/relaysqlite"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -82,7 +84,7 @@ func newSecrets(t testing.TB) secrets {
 
 // stack is one ConsentLine instance in the test process, wired as
 // `consentline serve` wires it (cmd/consentline/serve.go): the store with the
-// relay's outbox as its AfterInsert, the relay on the same database,
+// relay's outbox writer as its Outbox, the relay on the same database,
 // consent.Service, and the ivr router behind an httptest server.
 type stack struct {
 	secrets
@@ -114,10 +116,7 @@ func newStack(t testing.TB, o stackOptions) *stack {
 		st.backend = "postgres"
 	}
 	log := slog.New(slog.NewTextHandler(st.logs, nil))
-	outbox, err := relay.NewOutbox(st.keys, o.hookURL != "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	deliver := o.hookURL != ""
 	cfg := relay.Config{Keyring: st.keys, PII: relay.PIIEncrypted, Logger: log}
 	if o.hookURL != "" {
 		cfg.WebhookURL, cfg.Signer = o.hookURL, st.signer
@@ -125,12 +124,16 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	switch st.backend {
 	case "postgres":
 		st.dbURL = testdb.Postgres(t)
-		ps, err := pgstore.Open(ctx, st.dbURL, pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+		outbox, err := relay.NewOutbox(relaypg.New(nil), st.keys, deliver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := pgstore.Open(ctx, st.dbURL, pgstore.Options{Migrate: true, Outbox: outbox})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { ps.Close() })
-		if err := relay.MigratePostgres(ctx, ps.Pool()); err != nil {
+		if err := relaypg.Migrate(ctx, ps.Pool()); err != nil {
 			t.Fatal(err)
 		}
 		st.store, st.pool = ps, ps.Pool()
@@ -140,16 +143,20 @@ func newStack(t testing.TB, o stackOptions) *stack {
 		if o.configure != nil {
 			o.configure(&cfg)
 		}
-		if st.relay, err = relay.NewPostgres(ps.Pool(), cfg); err != nil {
+		if st.relay, err = relay.New(relaypg.New(ps.Pool()), cfg); err != nil {
 			t.Fatal(err)
 		}
 	case "sqlite":
-		ss, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+		outbox, err := relay.NewOutbox(relaysqlite.New(nil), st.keys, deliver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ss, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { ss.Close() })
-		if err := relay.MigrateSQLite(ctx, ss.DB()); err != nil {
+		if err := relaysqlite.Migrate(ctx, ss.DB()); err != nil {
 			t.Fatal(err)
 		}
 		st.store = ss
@@ -159,7 +166,7 @@ func newStack(t testing.TB, o stackOptions) *stack {
 		if o.configure != nil {
 			o.configure(&cfg)
 		}
-		if st.relay, err = relay.NewSQLite(ss.DB(), cfg); err != nil {
+		if st.relay, err = relay.New(relaysqlite.New(ss.DB()), cfg); err != nil {
 			t.Fatal(err)
 		}
 	default:

@@ -21,6 +21,7 @@ import (
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
 	"github.com/consentline/consentline/relay"
+	"github.com/consentline/consentline/relay/relaysqlite"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -100,18 +101,18 @@ func embeddedApp(b *testing.B, outbox, deliver bool) (ivr.Config, embeddedStore)
 	}
 	opts := sqlitestore.Options{Migrate: true}
 	if outbox {
-		ob, err := relay.NewOutbox(keys, deliver)
+		ob, err := relay.NewOutbox(relaysqlite.New(nil), keys, deliver)
 		if err != nil {
 			b.Fatal(err)
 		}
-		opts.AfterInsert = ob.SQLiteAfterInsert
+		opts.Outbox = ob
 	}
 	store, err := sqlitestore.Open(ctx, b.TempDir(), opts)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { store.Close() })
-	if err := relay.MigrateSQLite(ctx, store.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, store.DB()); err != nil {
 		b.Fatal(err)
 	}
 	cfg, err := newApp(ctx, store, memlock.New(), store.Ping, keys, twiml.Builtin(), slog.New(slog.NewJSONHandler(io.Discard, nil)))
@@ -119,7 +120,7 @@ func embeddedApp(b *testing.B, outbox, deliver bool) (ivr.Config, embeddedStore)
 		b.Fatal(err)
 	}
 	if deliver {
-		rel, err := benchRelay(ctx, store, keys, true, func(c relay.Config) (*relay.Relay, error) { return relay.NewSQLite(store.DB(), c) })
+		rel, err := benchRelay(ctx, store, keys, true, func(c relay.Config) (*relay.Relay, error) { return relay.New(relaysqlite.New(store.DB()), c) })
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -31,6 +31,8 @@ import (
 	"github.com/consentline/consentline/ivr/twiliosim"
 	"github.com/consentline/consentline/mediastream"
 	"github.com/consentline/consentline/relay"
+	"github.com/consentline/consentline/relay/relaypg"
+	"github.com/consentline/consentline/relay/relaysqlite"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -193,16 +195,16 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 		// event is written in the record's transaction.
 		opts := pgstore.Options{Migrate: true}
 		if !o.noOutbox {
-			outbox, err := relay.NewOutbox(keys, o.deliver)
+			outbox, err := relay.NewOutbox(relaypg.New(nil), keys, o.deliver)
 			if err != nil {
 				t.Fatal(err)
 			}
-			opts.AfterInsert = outbox.PostgresAfterInsert
+			opts.Outbox = outbox
 		}
 		if in.store, err = pgstore.Open(ctx, instDB, opts); err != nil {
 			t.Fatalf("instance %d: %v", i, err)
 		}
-		if err := relay.MigratePostgres(ctx, in.store.Pool()); err != nil {
+		if err := relaypg.Migrate(ctx, in.store.Pool()); err != nil {
 			t.Fatalf("instance %d: %v", i, err)
 		}
 		if in.redis, err = redislock.NewClient(instRedis); err != nil {
@@ -216,7 +218,7 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 		cfg.FetchCallStatus = ivr.TwilioCallStatus(c.twilioAPI())
 		if o.callCompleted {
 			rel, err := benchRelay(ctx, in.store, keys, o.deliver, func(c relay.Config) (*relay.Relay, error) {
-				return relay.NewPostgres(in.store.Pool(), c)
+				return relay.New(relaypg.New(in.store.Pool()), c)
 			})
 			if err != nil {
 				t.Fatalf("instance %d: %v", i, err)
@@ -272,7 +274,7 @@ func (c *cluster) checkAudit(keys *pii.Keyring) {
 	if records != entries || orphans != 0 {
 		c.t.Errorf("%d records, %d audit entries, %d without their counterpart; want one entry per record", records, entries, orphans)
 	}
-	rel, err := relay.NewPostgres(c.admin, relay.Config{Keyring: keys})
+	rel, err := relay.New(relaypg.New(c.admin), relay.Config{Keyring: keys})
 	if err != nil {
 		c.t.Errorf("audit check: %v", err)
 		return
@@ -308,9 +310,9 @@ func newApp(ctx context.Context, store consent.Store, locker consent.Locker, rea
 	relCfg := relay.Config{Keyring: keys, Pseudonymizer: pseudonyms}
 	switch st := store.(type) {
 	case *pgstore.Store:
-		rel, err = relay.NewPostgres(st.Pool(), relCfg)
+		rel, err = relay.New(relaypg.New(st.Pool()), relCfg)
 	case *sqlitestore.Store:
-		rel, err = relay.NewSQLite(st.DB(), relCfg)
+		rel, err = relay.New(relaysqlite.New(st.DB()), relCfg)
 	default:
 		err = fmt.Errorf("no relay for a %T", store)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/testdb"
 	"github.com/consentline/consentline/relay"
+	"github.com/consentline/consentline/relay/relaypg"
 )
 
 // startReplicas runs open on n goroutines released together, as replicas
@@ -45,11 +46,11 @@ func TestReplicasStartTogether(t *testing.T) {
 	const replicas = 4
 	refs := make([]string, replicas)
 	startReplicas(t, replicas, func(ctx context.Context, i int) error {
-		outbox, err := relay.NewOutbox(keys, true)
+		outbox, err := relay.NewOutbox(relaypg.New(nil), keys, true)
 		if err != nil {
 			return err
 		}
-		st, err := pgstore.Open(ctx, dbURL, pgstore.Options{Migrate: true, AfterInsert: outbox.PostgresAfterInsert})
+		st, err := pgstore.Open(ctx, dbURL, pgstore.Options{Migrate: true, Outbox: outbox})
 		if err != nil {
 			return err
 		}
@@ -69,7 +70,7 @@ func TestReplicasStartTogether(t *testing.T) {
 }
 
 // TestReplicasMigrateRiverTogether: serve's openDatabase also runs River's
-// migrations (relay.MigratePostgres) at start; replicas doing it at the same
+// migrations (relaypg.Migrate) at start; replicas doing it at the same
 // moment must take turns rather than collide.
 func TestReplicasMigrateRiverTogether(t *testing.T) {
 	t.Parallel()
@@ -80,7 +81,7 @@ func TestReplicasMigrateRiverTogether(t *testing.T) {
 			return err
 		}
 		defer st.Close()
-		return relay.MigratePostgres(ctx, st.Pool())
+		return relaypg.Migrate(ctx, st.Pool())
 	})
 }
 
@@ -96,7 +97,7 @@ func TestReplicasStartAfterMigrate(t *testing.T) {
 			return err
 		}
 		defer st.Close()
-		return relay.MigratePostgres(ctx, st.Pool())
+		return relaypg.Migrate(ctx, st.Pool())
 	}
 	if err := open(context.Background(), -1); err != nil { // consentline migrate
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 	"github.com/consentline/consentline/mediastream/deepgram"
 	"github.com/consentline/consentline/mediastream/deepgram/deepgramtest"
 	"github.com/consentline/consentline/relay"
+	"github.com/consentline/consentline/relay/relaysqlite"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -169,15 +170,15 @@ func TestStreamedCallEmbedded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	outbox, err := relay.NewOutbox(keys, false)
+	outbox, err := relay.NewOutbox(relaysqlite.New(nil), keys, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, AfterInsert: outbox.SQLiteAfterInsert})
+	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true, Outbox: outbox})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := relay.MigrateSQLite(ctx, store.DB()); err != nil {
+	if err := relaysqlite.Migrate(ctx, store.DB()); err != nil {
 		t.Fatal(err)
 	}
 	lib := twiml.Builtin()

@@ -1,7 +1,10 @@
-// Package sqlmigrate reads versioned SQL migration files. Applying them is
-// each store's own business (its driver, its lock, its history table); what
-// a migration file is, and which sets of files are valid, is the same for
-// both, so it is written once here.
+// Package sqlmigrate reads versioned SQL migration files and applies them,
+// each in one transaction with its row in a history table. The consent
+// stores and the relay each own a set of files and a history table of their
+// own; what a migration file is, which sets of files are valid and how one is
+// applied are the same for all of them, so they are written once here. Who
+// serializes migrators (a PostgreSQL advisory lock, SQLite's write lock) is
+// the caller's business.
 package sqlmigrate
 
 import (

@@ -15,7 +15,6 @@ import (
 	"github.com/consentline/consentline/internal/loadtest"
 	"github.com/consentline/consentline/internal/telemetry"
 	"github.com/consentline/consentline/ivr"
-	"github.com/consentline/consentline/relay"
 )
 
 // startInstance serves the app on the embedded database in env's DATA_DIR
@@ -29,10 +28,7 @@ func startInstance(t *testing.T, env map[string]string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	outbox, err := relay.NewOutbox(s.Keys, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	outbox := &outboxSettings{keys: s.Keys}
 	metrics := telemetry.New()
 	b, err := openBackends(ctx, "", "", s.DataDir, outbox, metrics)
 	if err != nil {

@@ -60,7 +60,7 @@ func openAudit(ctx context.Context, getenv func(string) string) (*auditTools, er
 	if s.AuditSigner, err = relay.ParseAuditSigningKey(getenv("AUDIT_SIGNING_KEY")); err != nil {
 		return nil, badSettings{err}
 	}
-	db, err := openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil, nil)
+	db, err := openConfiguredDatabase(ctx, getenv)
 	if err != nil {
 		return nil, err
 	}

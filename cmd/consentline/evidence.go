@@ -37,7 +37,7 @@ func evidenceCommand(ctx context.Context, args []string, getenv func(string) str
 	if err != nil {
 		return err
 	}
-	db, err := openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil, nil)
+	db, err := openConfiguredDatabase(ctx, getenv)
 	if err != nil {
 		return err
 	}

@@ -42,7 +42,7 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 	if err != nil {
 		return err
 	}
-	db, err := openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil, nil)
+	db, err := openConfiguredDatabase(ctx, getenv)
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,13 @@ func keyringFromEnv(getenv func(string) string) (*pii.Keyring, error) {
 	return k, nil
 }
 
+// openConfiguredDatabase opens (and migrates) the database the settings
+// name, DATABASE_URL or the embedded one in DATA_DIR, for an operator
+// command: no outbox and no metrics, since it records nothing.
+func openConfiguredDatabase(ctx context.Context, getenv func(string) string) (*database, error) {
+	return openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil, nil)
+}
+
 // openRelay opens the configured database and the relay on it, configured
 // like serve's but not started: queued work is delivered by the servers.
 func openRelay(ctx context.Context, getenv func(string) string) (*relay.Relay, func(), error) {
@@ -38,7 +45,7 @@ func openRelay(ctx context.Context, getenv func(string) string) (*relay.Relay, f
 	if err := s.loadRelay(getenv); err != nil {
 		return nil, nil, badSettings{err}
 	}
-	db, err := openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil, nil)
+	db, err := openConfiguredDatabase(ctx, getenv)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -488,7 +488,7 @@ func (b *backends) close() {
 // migrate applies the database migrations and exits: run it before a
 // deploy, or let serve apply them at start (both are safe together).
 func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
-	db, err := openDatabase(ctx, getenv("DATABASE_URL"), orDefault(getenv("DATA_DIR"), "./data"), nil, nil)
+	db, err := openConfiguredDatabase(ctx, getenv)
 	if err != nil {
 		return err
 	}

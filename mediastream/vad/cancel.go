@@ -51,8 +51,8 @@ import (
 // 64 MACs per sample (≈10k per frame) whenever the outbound under the
 // taps is not silent; learning, ≈20k MACs per learnt frame for the first
 // second of echo, then one frame in 4 and, after 4 s, one in 8; the
-// cross-correlation ≈20k MACs per frame until the canceller is in use,
-// then one frame in 25; a replay of ≤ 20 frames once per delay found.
+// cross-correlation ≈20k MACs per frame until the delay is sure, then
+// one frame in 4 until the canceller is in use, then one in 25; a replay of ≤ 20 frames once per delay found.
 // Memory: ≈57 KB of sample history per Detector (float32).
 
 const (

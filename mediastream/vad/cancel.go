@@ -51,8 +51,8 @@ import (
 // 64 MACs per sample (≈10k per frame) whenever the outbound under the
 // taps is not silent; learning, ≈20k MACs per learnt frame for the first
 // second of echo, then one frame in 4 and, after 4 s, one in 8; the
-// cross-correlation ≈20k MACs per frame until the canceller is in use,
-// then one frame in 25; a replay of ≤ 20 frames once per delay found.
+// cross-correlation ≈20k MACs per frame until the delay is sure, then
+// one frame in 4 until the canceller is in use, then one in 25; a replay of ≤ 20 frames once per delay found.
 // Memory: ≈57 KB of sample history per Detector (float32).
 
 const (
@@ -68,6 +68,7 @@ const (
 	xcMinNCC     = 0.3
 	xcHold       = 3  // evaluations (frames) the lag must hold
 	xcEvery      = 25 // once the canceller is in use, one frame in xcEvery keeps the delay checked
+	xcSureEvery  = 4  // once the delay is sure, before the canceller is in use
 	xcMinFrames  = 4  // audible frames correlated before a lag is taken
 	xcSureHold   = 10 // frames a lag must hold before the levels are bounded at it alone
 	lsForget     = 0.995
@@ -264,7 +265,9 @@ func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
 	if ex < 1e-7 {
 		return
 	}
-	if audible && (c.mode() == modeLevels || frame%xcEvery == 0) && c.crossCorrelate(d) {
+	// Every frame until the delay is sure; then, while the filter is not
+	// yet in use, one in xcSureEvery (the delay only has to be held).
+	if audible && c.xcDue(frame) && c.crossCorrelate(d) {
 		c.replay()
 	}
 	if c.delay < 0 {
@@ -287,9 +290,17 @@ func (c *canceller) learn(d *[FrameBytes]float64, frame int64, audible bool) {
 	if audible {
 		c.lsAudible++
 	}
-	if c.lsFrames <= 25 || c.lsFrames%4 == 0 {
+	if c.lsFrames <= minLSFrames || (c.lsFrames <= 25 && c.lsFrames%2 == 0) || c.lsFrames%4 == 0 {
 		c.solveNow()
 	}
+}
+
+// xcDue says whether frame's cross-correlation is to be computed.
+func (c *canceller) xcDue(frame int64) bool {
+	if c.mode() == modeLevels {
+		return !c.sure || frame%xcSureEvery == 0
+	}
+	return frame%xcEvery == 0
 }
 
 func (c *canceller) crossCorrelate(d *[FrameBytes]float64) (changed bool) {

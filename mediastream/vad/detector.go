@@ -175,6 +175,7 @@ const (
 	rawOverEstimateDB = 1.0
 	quietMinFrames    = 100 // 2 s
 	quietSlackDB      = 3.0
+	levelsThin        = 4
 )
 
 // New returns a Detector with cfg (zero fields take their defaults).
@@ -375,7 +376,10 @@ func (d *Detector) Push(inbound, outbound []byte) Change {
 	} else if !d.callerOn && !strong && inDB > echoUp {
 		d.floorDB += 0.01 * min(inDB-d.floorDB, 10)
 	}
-	if !d.callerOn && !strong && d.strongHist == 0 {
+	// While the canceller is in use, echo.go's bound is not (it is the
+	// fallback for when the delay changes): one frame in levelsThin keeps
+	// it following the call at a quarter of the cost.
+	if !d.callerOn && !strong && d.strongHist == 0 && (d.canc.mode() == modeLevels || f%levelsThin == 0) {
 		loud := max(d.outFloorDB+loudAboveFloor, loudMinDB)
 		for j := range int64(blocksPerFr) {
 			b := b0 + j

@@ -103,6 +103,21 @@ func (m StreamMeasurement) Heard(gatherOpened bool) (h Heard, ok bool) {
 	return h, true
 }
 
+// HeardWithoutAnswer is what the measurement says of a call that ended
+// without an answer: how much of the disclosure played before it stopped
+// (the last outbound speech the stream heard), and whether the must-hear
+// part had finished; ok is false when the stream heard no disclosure.
+func (m StreamMeasurement) HeardWithoutAnswer() (h Heard, ok bool) {
+	if m.PromptOnsetMS < 0 {
+		return Heard{}, false
+	}
+	h = Heard{Timing: TimingMeasured, MustHearComplete: !m.MustHearEndedAt.IsZero()}
+	if m.PromptEndMS >= m.PromptOnsetMS {
+		h.MS = m.PromptEndMS - m.PromptOnsetMS
+	}
+	return h, true
+}
+
 // answerBeganBefore reports whether the answer's onset (wall clock) came
 // before t; the zero t is before everything.
 func (m StreamMeasurement) answerBeganBefore(t time.Time) bool {
@@ -180,6 +195,27 @@ func (s *Service) StreamHeard(ctx context.Context, m StreamMeasurement, gatherOp
 	}
 	h, ok := m.Heard(gatherOpened)
 	return h, ok, nil
+}
+
+// HeardUntilHangUp is what the call's media stream measured of a call that
+// ended without an answer (HeardWithoutAnswer), or an estimate of nothing
+// heard, labelled so, when no stream measured it (or it cannot be read:
+// the record is then still written, with what is known).
+func (s *Service) HeardUntilHangUp(ctx context.Context, callSID, scriptID string) Heard {
+	unknown := Heard{Timing: TimingEstimated}
+	m, err := s.cfg.Store.StreamMeasurement(ctx, callSID, scriptID)
+	if err != nil {
+		return unknown
+	}
+	if m.AnswerOnsetMS >= 0 {
+		if h, ok := m.Heard(false); ok {
+			return h
+		}
+	}
+	if h, ok := m.HeardWithoutAnswer(); ok {
+		return h
+	}
+	return unknown
 }
 
 // Evidence is one script's answer audio of a call, opened.

@@ -45,3 +45,19 @@ func TestStreamMeasurementHeard(t *testing.T) {
 		})
 	}
 }
+
+func TestStreamMeasurementHeardWithoutAnswer(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	m := consent.StreamMeasurement{CallSID: "CA1", ScriptID: "hipaa", StartedAt: t0, PromptOnsetMS: -1, PromptEndMS: -1, AnswerOnsetMS: -1, AnswerEndMS: -1}
+	if _, ok := m.HeardWithoutAnswer(); ok {
+		t.Fatal("a stream that heard no disclosure measured how much was heard")
+	}
+	m.PromptOnsetMS, m.PromptEndMS = 300, 2900 // hung up during the must-hear part
+	if h, ok := m.HeardWithoutAnswer(); !ok || h != (consent.Heard{MS: 2600, Timing: consent.TimingMeasured}) {
+		t.Fatalf("hung up early: %+v, %v", h, ok)
+	}
+	m.PromptEndMS, m.MustHearEndedAt = 12800, t0.Add(3*time.Second)
+	if h, ok := m.HeardWithoutAnswer(); !ok || h != (consent.Heard{MS: 12500, MustHearComplete: true, Timing: consent.TimingMeasured}) {
+		t.Fatalf("heard it all: %+v, %v", h, ok)
+	}
+}

@@ -455,8 +455,14 @@ func callEnded(status string) bool {
 // closeCall records no_response for a call that ended without a decision
 // (nothing when it has one) and relays call.completed.
 func (s *Server) closeCall(ctx context.Context, call consent.Call, status string, duration time.Duration) error {
-	// Nothing says how much of the disclosure a caller who hung up heard.
-	rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, call, consent.SourceStatusCallback, consent.Heard{Timing: consent.TimingEstimated})
+	// How much of the disclosure a caller who hung up heard is known only
+	// from the call's media stream; without one the record says nothing
+	// was measured (timing estimated, nothing counted as heard).
+	heard := consent.Heard{Timing: consent.TimingEstimated}
+	if s.cfg.MediaStreams {
+		heard = s.cfg.Consent.HeardUntilHangUp(ctx, call.CallSID, call.Script.ID)
+	}
+	rec, created, err := s.cfg.Consent.RecordNoResponse(ctx, call, consent.SourceStatusCallback, heard)
 	if err != nil {
 		return fmt.Errorf("recording no_response: %w", err)
 	}

@@ -219,3 +219,25 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A streamed call that hangs up without answering is recorded no_response
+// with what its stream measured: how much of the disclosure played.
+func TestHangUpMeasured(t *testing.T) {
+	h := newHarness(t, t.TempDir(), withStreams)
+	c := h.call("stream-hangup")
+	startStreamed(t, h, c)
+	ctx := context.Background()
+	m := consent.StreamMeasurement{CallSID: c.SID, ScriptID: h.lib.Default().ID, StreamSID: "MZ" + c.SID[2:], StartedAt: h.clock.Now(),
+		PromptOnsetMS: 300, PromptEndMS: 2900, AnswerOnsetMS: -1, AnswerEndMS: -1}
+	if err := h.svc.SaveStreamMeasurement(ctx, m, nil); err != nil {
+		t.Fatal(err)
+	}
+	status, _, err := h.twilio.Post(ctx, publicBase+ivr.PathStatus, c.Params(url.Values{"CallStatus": {"completed"}, "CallDuration": {"5"}}))
+	if err != nil || status != http.StatusNoContent {
+		t.Fatalf("status callback: %d, %v", status, err)
+	}
+	rec := h.record(c.SID)
+	if rec.Decision != consent.NoResponse || rec.Timing != consent.TimingMeasured || rec.DisclosureHeardMS != 2600 || rec.MustHearComplete || rec.BargeIn {
+		t.Fatalf("record %+v", rec)
+	}
+}

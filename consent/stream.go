@@ -105,17 +105,14 @@ func (m StreamMeasurement) Heard(gatherOpened bool) (h Heard, ok bool) {
 
 // HeardWithoutAnswer is what the measurement says of a call that ended
 // without an answer: how much of the disclosure played before it stopped
-// (the last outbound speech the stream heard), and whether the must-hear
-// part had finished; ok is false when the stream heard no disclosure.
+// (the end of the last outbound speech the stream saved), and whether the
+// must-hear part had finished; ok is false when the stream saved no
+// disclosure speech with its end (then nothing was measured).
 func (m StreamMeasurement) HeardWithoutAnswer() (h Heard, ok bool) {
-	if m.PromptOnsetMS < 0 {
+	if m.PromptOnsetMS < 0 || m.PromptEndMS < m.PromptOnsetMS {
 		return Heard{}, false
 	}
-	h = Heard{Timing: TimingMeasured, MustHearComplete: !m.MustHearEndedAt.IsZero()}
-	if m.PromptEndMS >= m.PromptOnsetMS {
-		h.MS = m.PromptEndMS - m.PromptOnsetMS
-	}
-	return h, true
+	return Heard{MS: m.PromptEndMS - m.PromptOnsetMS, MustHearComplete: !m.MustHearEndedAt.IsZero(), Timing: TimingMeasured}, true
 }
 
 // answerBeganBefore reports whether the answer's onset (wall clock) came
@@ -140,10 +137,7 @@ func (s *Service) SaveStreamMeasurement(ctx context.Context, m StreamMeasurement
 			return fmt.Errorf("sealing answer audio: %w", err)
 		}
 	}
-	if err := m.Validate(); err != nil {
-		return err
-	}
-	return s.cfg.Store.SaveStreamMeasurement(ctx, m)
+	return s.cfg.Store.SaveStreamMeasurement(ctx, m) // the store validates m
 }
 
 // MustHearEnded records that the must-hear part of scriptID's disclosure

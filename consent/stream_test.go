@@ -52,7 +52,11 @@ func TestStreamMeasurementHeardWithoutAnswer(t *testing.T) {
 	if _, ok := m.HeardWithoutAnswer(); ok {
 		t.Fatal("a stream that heard no disclosure measured how much was heard")
 	}
-	m.PromptOnsetMS, m.PromptEndMS = 300, 2900 // hung up during the must-hear part
+	m.PromptOnsetMS = 300 // the disclosure began, its end not saved yet
+	if h, ok := m.HeardWithoutAnswer(); ok {
+		t.Fatalf("no disclosure end saved, yet measured %+v", h)
+	}
+	m.PromptEndMS = 2900 // hung up during the must-hear part
 	if h, ok := m.HeardWithoutAnswer(); !ok || h != (consent.Heard{MS: 2600, Timing: consent.TimingMeasured}) {
 		t.Fatalf("hung up early: %+v, %v", h, ok)
 	}

@@ -297,10 +297,7 @@ func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 	}
 
 	out, err := within(s, r, func(ctx context.Context) (consent.Outcome, error) {
-		mctx, cancel := context.WithTimeout(ctx, streamDecisionTimeout)
-		err := s.measuredHeard(mctx, st, &answer)
-		cancel()
-		if err != nil {
+		if err := s.measuredHeard(ctx, st, &answer); err != nil {
 			// The decision is the caller's; how it is timed must not hold
 			// it up. The estimate stays, labelled as one.
 			s.cfg.Logger.Warn("stream measurement not read; timings stay estimated", "call_sid", answer.CallSID, "error", err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/internal/telemetry"
+	"github.com/consentline/consentline/mediastream"
 	"github.com/consentline/consentline/twiml"
 )
 
@@ -22,13 +23,6 @@ const (
 	PathStreamStatus = "/voice/stream-status"
 	PathHeard        = "/voice/heard"
 	PathDecided      = "/voice/decided"
-)
-
-// Stream parameters: what the stream's start message carries
-// (customParameters) so the stream knows the script it measures.
-const (
-	StreamParamScript   = "script"
-	StreamParamLanguage = "lang"
 )
 
 // StreamName is the name of the media stream measuring a call's disclosure
@@ -60,7 +54,7 @@ func (s *Server) disclosureURLs(st flowState, script, restartedFrom *twiml.Scrip
 		Name:           StreamName(script.Language),
 		URL:            StreamURL(s.base),
 		StatusCallback: s.base + PathStreamStatus,
-		Parameters:     [][2]string{{StreamParamScript, script.ID}, {StreamParamLanguage, script.Language}},
+		Parameters:     [][2]string{{mediastream.ParamScript, script.ID}, {mediastream.ParamLanguage, script.Language}},
 	}
 	if restartedFrom != nil {
 		g.Stream.Stop = StreamName(restartedFrom.Language)
@@ -161,19 +155,19 @@ func TwilioUpdateCallURL(api *twilioapi.ApiService) func(ctx context.Context, ca
 
 // measuredHeard replaces an answer's estimated timings with what the call's
 // media stream measured, when the disclosure started one and it measured
-// the answer's onset.
+// the answer's onset. An answer to a re-prompt keeps the estimate, labelled
+// so: the disclosure had played in full before the re-prompt, but the
+// stream's outbound speech runs on into the re-prompt, and where the one
+// ends and the other begins is not measured.
 func (s *Server) measuredHeard(ctx context.Context, st flowState, a *consent.Answer) error {
-	if !st.Stream {
+	if !st.Stream || st.Attempt > 0 {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, streamDecisionTimeout)
+	defer cancel()
 	h, ok, err := s.cfg.Consent.MeasuredHeard(ctx, a.CallSID, a.Script.ID, true)
 	if err != nil || !ok {
 		return err
-	}
-	if st.Attempt > 0 {
-		// Answering a re-prompt: the disclosure had played in full, and
-		// talking over the re-prompt is no barge-in on it.
-		h.BargeIn = false
 	}
 	a.Heard = h
 	return nil

@@ -12,6 +12,7 @@ import (
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
+	"github.com/consentline/consentline/mediastream"
 )
 
 func withStreams(cfg *ivr.Config) { cfg.MediaStreams = true }
@@ -40,7 +41,7 @@ func startStreamed(t *testing.T, h *harness, c *twiliosim.Call) string {
 	for _, p := range stream.Children {
 		params[p.Attr("name")] = p.Attr("value")
 	}
-	if params[ivr.StreamParamScript] != h.lib.Default().ID || params[ivr.StreamParamLanguage] != h.lib.Default().Language {
+	if params[mediastream.ParamScript] != h.lib.Default().ID || params[mediastream.ParamLanguage] != h.lib.Default().Language {
 		t.Errorf("stream parameters %v", params)
 	}
 	if _, ok := resp.SpeechGather(); ok {
@@ -239,5 +240,29 @@ func TestHangUpMeasured(t *testing.T) {
 	rec := h.record(c.SID)
 	if rec.Decision != consent.NoResponse || rec.Timing != consent.TimingMeasured || rec.DisclosureHeardMS != 2600 || rec.MustHearComplete || rec.BargeIn {
 		t.Fatalf("record %+v", rec)
+	}
+}
+
+// An answer to a re-prompt keeps the estimate, labelled so, even with a
+// stream measurement: the stream's outbound speech runs on into the
+// re-prompt, so "how much of the disclosure played" is not measured there.
+func TestRepromptAnswerStaysEstimated(t *testing.T) {
+	h := newHarness(t, t.TempDir(), withStreams)
+	c := h.call("stream-reprompt")
+	g := h.startGatherAfterRedirect(c)
+	ctx := context.Background()
+	m := consent.StreamMeasurement{CallSID: c.SID, ScriptID: h.lib.Default().ID, StreamSID: "MZ" + c.SID[2:], StartedAt: h.clock.Now(),
+		PromptOnsetMS: 300, PromptEndMS: 21000, AnswerOnsetMS: 20500, AnswerEndMS: 21500, BargeIn: true}
+	if err := h.svc.SaveStreamMeasurement(ctx, m, nil); err != nil {
+		t.Fatal(err)
+	}
+	resp := h.answer(c, g, url.Values{"SpeechResult": {"purple wombat"}, "Confidence": {"0.9"}})
+	g2, ok := resp.SpeechGather()
+	if !ok {
+		t.Fatalf("no re-prompt:\n%s", resp.Raw)
+	}
+	h.answer(c, g2, url.Values{"SpeechResult": {"yes I agree"}, "Confidence": {"0.9"}})
+	if rec := h.record(c.SID); rec.Decision != consent.Granted || rec.Timing != consent.TimingEstimated || rec.BargeIn {
+		t.Fatalf("re-prompt answer recorded %s, timing %s, barge_in %v; want granted, estimated, false", rec.Decision, rec.Timing, rec.BargeIn)
 	}
 }

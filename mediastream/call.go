@@ -14,8 +14,9 @@ import (
 	"github.com/consentline/consentline/twiml"
 )
 
-// The stream's custom parameters, set by the TwiML (ivr.disclosureURLs):
-// which script's disclosure the stream measures.
+// The stream's custom parameters, which the TwiML sets
+// (ivr.disclosureURLs) and Calls.Open reads: which script's disclosure the
+// stream measures.
 const (
 	ParamScript   = "script"
 	ParamLanguage = "lang"
@@ -182,7 +183,10 @@ func (sc *streamCall) frame(f Frame) {
 		sc.calls.Metrics.VADOnset(telemetry.TrackOutbound)
 	}
 	if ch.PromptEnd && sc.m.AnswerOnsetMS < 0 {
-		sc.m.PromptEndMS = ch.PromptEndMS
+		// Saved as it moves (at most once a sentence): a caller who hangs
+		// up without answering is recorded with how much played, and the
+		// status callback may come before the stream's end is saved.
+		sc.m.PromptEndMS, save = ch.PromptEndMS, true
 	}
 	if ch.PromptOnset && sc.det.CallerSpeaking() && sc.m.AnswerOnsetMS >= 0 {
 		// The disclosure resumed while the caller talked: they talked

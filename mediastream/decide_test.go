@@ -169,6 +169,27 @@ func TestStreamRecognizerFaults(t *testing.T) {
 		r.play(t, callSID, fixtureCall(t, "dev_after"), false)
 		r.measurement(t, callSID, func(m consent.StreamMeasurement) bool { return m.AnswerAudio != "" })
 	})
+	t.Run("recognizer drops mid-utterance", func(t *testing.T) {
+		// "yes" is final for its span, but the utterance never completes
+		// (no speech_final, no UtteranceEnd): it is a prefix, not an answer.
+		dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key", Script: []deepgramtest.Step{
+			deepgramtest.FinalAt(4600, "yes", 0.95, false),
+			deepgramtest.DropAt(4700),
+		}})
+		defer dg.Close()
+		mv := &mover{}
+		r := newCallRig(t, func(c *mediastream.Calls) {
+			c.Recognizer = deepgram.Recognizer{Config: fastConfig(dg.URL, "dg-key")}
+			c.MoveToReadBack = mv.move
+		})
+		callSID := sid("CA", 3007)
+		r.started(t, callSID)
+		r.play(t, callSID, fixtureCall(t, "dev_bargein"), false)
+		r.measurement(t, callSID, func(m consent.StreamMeasurement) bool { return m.AnswerAudio != "" })
+		if _, ok, _ := r.svc.Decision(context.Background(), callSID, r.lib.Default().ID); ok || mv.count() != 0 {
+			t.Fatal("an incomplete utterance decided")
+		}
+	})
 	t.Run("REST update fails", func(t *testing.T) {
 		dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key", Script: []deepgramtest.Step{
 			deepgramtest.FinalAt(5600, "yes I agree", 0.9, true),

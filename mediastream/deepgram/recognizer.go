@@ -35,7 +35,8 @@ func (r Recognizer) Open(ctx context.Context, language string) (mediastream.Reco
 // an utterance span by span (is_final), and says it is complete with
 // speech_final (endpointing heard the caller stop) or UtteranceEnd (a word
 // gap, which also covers noisy lines where endpointing never fires).
-// Interim results are dropped here: they never decide.
+// Interim results, and final segments of an utterance the stream ended in
+// the middle of, are dropped here: they never decide.
 type session struct {
 	*Stream
 	out chan mediastream.Utterance
@@ -76,7 +77,10 @@ func (s *session) assemble() {
 		case *UtteranceEnd:
 			flush()
 		case *Closed:
-			flush()
+			// An utterance Deepgram never said was complete (no
+			// speech_final, no UtteranceEnd) is a prefix of what the
+			// caller said — "yes, can you repeat that?" before "no" — and
+			// never decides: it is dropped, and the Gather decides.
 			s.err = ev.Err
 		}
 	}

@@ -117,8 +117,15 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       90 * time.Second,
 	}
+	// Bound before "consentline serving" is logged, so the line means the
+	// port is this process's (a port already taken stops serve here, with
+	// one line saying so, instead of after the line).
+	ln, err := net.Listen("tcp", srv.Addr)
+	if err != nil {
+		return fmt.Errorf("listening on PORT %d: %w", s.Port, err)
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
+	go func() { errc <- srv.Serve(ln) }()
 	sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSweep()
 	sweepDone := make(chan struct{})

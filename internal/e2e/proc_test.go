@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -82,12 +83,41 @@ type serverProc struct {
 	err    error // Wait's result, once exited is closed
 }
 
-// startServe starts `consentline serve` with env and waits until /readyz
-// answers 200. The process is killed at the end of the test if it still
-// runs; its output is shared by restarts through out.
+// startServe starts `consentline serve` with env and waits until it has
+// logged that it serves and /readyz answers 200. The process is killed at
+// the end of the test if it still runs; its output is shared by restarts
+// through out.
+//
+// A port from freePort can be taken by another process between freePort
+// and serve binding it (tests start servers in parallel): then serve exits
+// saying so, and startServe moves env to a fresh port (PORT and a
+// PUBLIC_BASE_URL on it) and starts again. It waits for serve's own
+// "consentline serving" line, not only for /readyz, which another
+// process on the port could answer.
 func startServe(t testing.TB, env map[string]string, out *lockedBuffer) *serverProc {
 	t.Helper()
-	p := &serverProc{out: out, exited: make(chan struct{})}
+	for attempt := 1; ; attempt++ {
+		p, inUse := tryStartServe(t, env, out)
+		if !inUse {
+			return p
+		}
+		if attempt == 3 {
+			t.Fatalf("consentline serve found its port taken 3 times:\n%s", out.String())
+		}
+		old := env["PORT"]
+		env["PORT"] = freePort(t)
+		if env["PUBLIC_BASE_URL"] == "http://127.0.0.1:"+old {
+			env["PUBLIC_BASE_URL"] = "http://127.0.0.1:" + env["PORT"]
+		}
+	}
+}
+
+// tryStartServe is one start of startServe; inUse reports that serve
+// exited because its port was taken.
+func tryStartServe(t testing.TB, env map[string]string, out *lockedBuffer) (p *serverProc, inUse bool) {
+	t.Helper()
+	logStart := len(out.String())
+	p = &serverProc{out: out, exited: make(chan struct{})}
 	p.cmd = exec.Command(consentlineBinary(t), "serve")
 	p.cmd.Env = environ(env)
 	p.cmd.Stdout, p.cmd.Stderr = out, out
@@ -106,13 +136,18 @@ func startServe(t testing.TB, env map[string]string, out *lockedBuffer) *serverP
 	for {
 		select {
 		case <-p.exited:
+			if log := out.String()[logStart:]; strings.Contains(log, "address already in use") {
+				return nil, true
+			}
 			t.Fatalf("consentline serve exited before it was ready: %v\n%s", p.err, out.String())
 		default:
 		}
-		if resp, err := client.Get(readyz); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
+		if strings.Contains(out.String()[logStart:], `"msg":"consentline serving"`) {
+			if resp, err := client.Get(readyz); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return p, false
+				}
 			}
 		}
 		if time.Now().After(deadline) {

@@ -212,14 +212,19 @@ func (p *Proxy) Close() error {
 		return nil
 	}
 	p.closed = true
-	p.unstall()
 	if p.ln != nil {
 		p.ln.Close()
 		p.ln = nil
 	}
 	links := p.takeLinks()
 	p.mu.Unlock()
+	// The links close before stalled bytes are released: released first,
+	// a held chunk could still cross (and be answered) before its link
+	// closed.
 	closeAll(links)
+	p.mu.Lock()
+	p.unstall()
+	p.mu.Unlock()
 	p.wg.Wait()
 	return nil
 }
@@ -358,6 +363,11 @@ func (p *Proxy) waitFlowing(l *link) bool {
 		case <-l.done:
 			return false
 		case <-flowing:
+			select {
+			case <-l.done: // closed as the stall ended: nothing crosses
+				return false
+			default:
+			}
 			// Re-check: a Stall after this channel was read replaces it.
 			p.mu.Lock()
 			same := p.flowing == flowing

@@ -1,13 +1,15 @@
 package ivr
 
 import (
+	"container/list"
 	"sync"
 	"time"
 )
 
 // admission bounds the decision work an instance runs at once, with a limit
 // that adapts to what the instance can finish in time (additive increase,
-// multiplicative decrease, as TCP's congestion control).
+// multiplicative decrease, as TCP's congestion control), and decides which
+// waiting work gets a freed slot.
 //
 // A fixed limit is either too low for a fast machine or too high for a
 // slow or overloaded one: past its capacity every admitted decision queues
@@ -18,58 +20,107 @@ import (
 // max); one that misses its deadline lowers it to 70% (down to min), at
 // most once per cooldown, since the decisions admitted together fail
 // together.
+//
+// The queue of work waiting for a slot is served newest first, with a
+// short wait once it has stayed non-empty for a while (Facebook's
+// "adaptive LIFO" with CoDel, from "Fail at Scale", 2015). First come,
+// first served is the wrong order past capacity: the oldest waiter has
+// the least of its webhook's budget left, so under a sustained burst each
+// slot goes to work that then misses its deadline, the limit is cut, and
+// throughput collapses to nothing while every caller hears a hold line.
+// Newest first gives a slot to work that has its whole budget ahead of it;
+// the oldest waiters are the ones refused (their callers hear the hold
+// line at once and answer again). When the queue drains, order no longer
+// matters and waits are long again, so a short spike is absorbed rather
+// than refused.
 type admission struct {
 	mu       sync.Mutex
 	limit    float64
 	min, max float64
 	inflight int
 	lastCut  time.Time
-	// waiting is the queue of acquires waiting for a slot, first come
-	// first served; a freed slot is handed to the first of them (not
-	// announced to all: hundreds of waiters woken for one slot cost more
-	// CPU than the work they wait for).
-	waiting []*waiter
+	// waiting holds *waiter, oldest at the front; a freed slot is handed
+	// to one of them (not announced to all: hundreds of waiters woken for
+	// one slot cost more CPU than the work they wait for). A list, since
+	// a waiter whose wait ran out leaves from anywhere in it.
+	waiting list.List
+	// lastEmpty is when the queue was last seen empty (CoDel's
+	// interval starts there).
+	lastEmpty time.Time
+	maxQueue  int
 }
 
 type waiter struct {
-	granted chan struct{} // closed when a slot is handed over
+	// granted gets the outcome once: true, a slot was handed over; false,
+	// the waiter was pushed out of a full queue.
+	granted chan bool
+	elem    *list.Element // nil once it has left the queue
 }
 
-// admissionCooldown is the shortest time between two cuts of the limit.
-const admissionCooldown = 200 * time.Millisecond
+const (
+	// admissionCooldown is the shortest time between two cuts of the limit.
+	admissionCooldown = 200 * time.Millisecond
+	// queueInterval and queueShortWait are CoDel's interval and target: a
+	// queue that has not been empty for queueInterval is a standing queue,
+	// not a spike, and new waiters then wait at most queueShortWait.
+	queueInterval  = 100 * time.Millisecond
+	queueShortWait = 20 * time.Millisecond
+	// queuePerSlot bounds the queue at this many waiters per slot of the
+	// maximum: more could not start within a wait even at full speed.
+	queuePerSlot = 4
+)
 
 func newAdmission(min, max int) *admission {
-	return &admission{limit: float64(max), min: float64(min), max: float64(max)}
+	return &admission{limit: float64(max), min: float64(min), max: float64(max), maxQueue: queuePerSlot * max}
 }
 
-// acquire takes a slot, waiting at most wait; false means none was free.
+// acquire takes a slot, waiting at most wait (less under a standing queue);
+// false means none was free in time.
 func (a *admission) acquire(wait time.Duration) bool {
 	a.mu.Lock()
-	if len(a.waiting) == 0 && a.inflight < int(a.limit) {
-		a.inflight++
-		a.mu.Unlock()
-		return true
+	now := time.Now()
+	if a.waiting.Len() == 0 {
+		a.lastEmpty = now
+		if a.inflight < int(a.limit) {
+			a.inflight++
+			a.mu.Unlock()
+			return true
+		}
 	}
-	w := &waiter{granted: make(chan struct{})}
-	a.waiting = append(a.waiting, w)
+	if wait <= 0 {
+		a.mu.Unlock()
+		return false
+	}
+	if now.Sub(a.lastEmpty) > queueInterval {
+		wait = min(wait, queueShortWait)
+	}
+	if a.waiting.Len() >= a.maxQueue {
+		// Full: the oldest waiter would be the last served; it hears the
+		// hold line now instead of after its wait.
+		oldest := a.waiting.Remove(a.waiting.Front()).(*waiter)
+		oldest.elem = nil
+		oldest.granted <- false
+	}
+	w := &waiter{granted: make(chan bool, 1)}
+	w.elem = a.waiting.PushBack(w)
 	a.mu.Unlock()
 
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
-	case <-w.granted:
-		return true
+	case ok := <-w.granted:
+		return ok
 	case <-timer.C:
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	for i, o := range a.waiting {
-		if o == w {
-			a.waiting = append(a.waiting[:i], a.waiting[i+1:]...)
-			return false
-		}
+	if w.elem != nil {
+		a.waiting.Remove(w.elem)
+		w.elem = nil
+		a.mu.Unlock()
+		return false
 	}
-	return true // handed a slot just as the wait ran out
+	a.mu.Unlock()
+	return <-w.granted // decided just as the wait ran out
 }
 
 // release frees a slot; inTime says whether its work finished within its
@@ -84,12 +135,14 @@ func (a *admission) release(inTime bool) {
 		a.limit = max(a.min, a.limit*0.7)
 		a.lastCut = now
 	}
-	for len(a.waiting) > 0 && a.inflight < int(a.limit) {
-		w := a.waiting[0]
-		a.waiting[0] = nil
-		a.waiting = a.waiting[1:]
+	for a.waiting.Len() > 0 && a.inflight < int(a.limit) {
+		newest := a.waiting.Remove(a.waiting.Back()).(*waiter)
+		newest.elem = nil
 		a.inflight++
-		close(w.granted)
+		newest.granted <- true
+	}
+	if a.waiting.Len() == 0 {
+		a.lastEmpty = time.Now()
 	}
 }
 

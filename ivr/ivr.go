@@ -15,9 +15,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"golang.org/x/time/rate"
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/internal/telemetry"
@@ -115,6 +117,10 @@ type Server struct {
 	// answered, so Drain can wait for them before the stores close.
 	admit    *admission
 	detached sync.WaitGroup
+	// refusedLog paces the log line for work admission refused;
+	// refusedUnlogged counts the refusals since the last line.
+	refusedLog      *rate.Limiter
+	refusedUnlogged atomic.Int64
 }
 
 // New returns the IVR server.
@@ -140,7 +146,8 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, base: strings.TrimRight(cfg.PublicBaseURL, "/"), admit: newAdmission(cfg.MinInFlight, cfg.MaxInFlight)}
+	s := &Server{cfg: cfg, base: strings.TrimRight(cfg.PublicBaseURL, "/"), admit: newAdmission(cfg.MinInFlight, cfg.MaxInFlight),
+		refusedLog: rate.NewLimiter(rate.Every(time.Second), 1)}
 	cfg.Metrics.WatchAdmission(s.admit.current)
 
 	r := chi.NewRouter()
@@ -525,7 +532,17 @@ func (s *Server) readBack(w http.ResponseWriter, r *http.Request, script *twiml.
 // and a redirect back to the question. Nothing was recorded, so the caller
 // answering again cannot produce a second record.
 func (s *Server) hold(w http.ResponseWriter, r *http.Request, script *twiml.Script, st flowState, what string, err error) {
-	s.cfg.Logger.Error("webhook degraded to hold", "path", r.URL.Path, "step", what, "error", err)
+	if errors.Is(err, errOverloaded) {
+		// Refused work is counted one by one (metrics) but logged at most
+		// once a second: a line per refusal would make a burst's cost
+		// grow with the burst.
+		if n := s.refusedUnlogged.Add(1); s.refusedLog.Allow() {
+			s.refusedUnlogged.Add(-n)
+			s.cfg.Logger.Warn("webhooks degraded to hold: instance at capacity", "refused", n, "error", err)
+		}
+	} else {
+		s.cfg.Logger.Error("webhook degraded to hold", "path", r.URL.Path, "step", what, "error", err)
+	}
 	s.cfg.Metrics.Answer(telemetry.AnswerHold)
 	s.cfg.Metrics.Hold(holdCause(err))
 	s.writeTwiML(w, r)(twiml.Hold(script, s.url(PathResume, st)))

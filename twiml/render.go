@@ -239,10 +239,32 @@ func NoResponse(s *Script) ([]byte, error) {
 // real next step (or holds again). Answering this way keeps every webhook far
 // inside Twilio's 15-second timeout. A script without a hold line pauses in
 // silence.
+//
+// The hold is what an instance past its capacity answers to most webhooks,
+// so its cost is what a burst costs: the document is rendered once per
+// script around a placeholder, and a redirect URL of plain URL characters
+// is spliced in (escaped as the renderer would: only '&' needs it).
 func Hold(s *Script, redirect string) ([]byte, error) {
 	if err := checkURL("hold redirect", redirect, true); err != nil {
 		return nil, err
 	}
+	if s.p != nil && s.p.owner == s && s.p.hold.prefix != "" && plainURL(redirect) {
+		t := s.p.hold
+		doc := make([]byte, 0, len(t.prefix)+len(redirect)+16+len(t.suffix))
+		doc = append(doc, t.prefix...)
+		for i := 0; i < len(redirect); i++ {
+			if redirect[i] == '&' {
+				doc = append(doc, "&amp;"...)
+			} else {
+				doc = append(doc, redirect[i])
+			}
+		}
+		return append(doc, t.suffix...), nil
+	}
+	return renderHold(s, redirect)
+}
+
+func renderHold(s *Script, redirect string) ([]byte, error) {
 	verbs := make([]twiml.Element, 0, 3)
 	if s.Hold != "" {
 		verbs = append(verbs, s.say(s.Hold))
@@ -252,6 +274,38 @@ func Hold(s *Script, redirect string) ([]byte, error) {
 		twiml.VoiceRedirect{Url: redirect, Method: "POST"},
 	)
 	return render(verbs)
+}
+
+// holdTemplate is a script's hold document split where its redirect URL
+// goes.
+type holdTemplate struct{ prefix, suffix string }
+
+// holdPlaceholder stands in for the redirect URL when the template is
+// rendered: plain, so the renderer leaves it as it is.
+const holdPlaceholder = "https://hold.invalid/redirect-placeholder"
+
+func newHoldTemplate(s *Script) holdTemplate {
+	doc, err := renderHold(s, holdPlaceholder)
+	if err != nil {
+		return holdTemplate{}
+	}
+	prefix, suffix, ok := strings.Cut(string(doc), holdPlaceholder)
+	if !ok {
+		return holdTemplate{} // every hold renders in full
+	}
+	return holdTemplate{prefix: prefix, suffix: suffix}
+}
+
+// plainURL reports whether u has only printable ASCII characters that an
+// XML attribute keeps as they are, apart from '&'.
+func plainURL(u string) bool {
+	for i := 0; i < len(u); i++ {
+		switch c := u[i]; {
+		case c <= ' ' || c >= 0x7f, c == '<', c == '>', c == '"', c == '\'':
+			return false
+		}
+	}
+	return true
 }
 
 func render(verbs []twiml.Element) ([]byte, error) {

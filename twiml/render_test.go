@@ -383,6 +383,36 @@ func TestHold(t *testing.T) {
 	}
 }
 
+// The hold spliced into its per-script template is the document the
+// renderer makes, for plain URLs (spliced) and others (rendered). (Not byte
+// for byte: twilio-go writes attributes in map order.)
+func TestHoldTemplateMatchesRender(t *testing.T) {
+	urls := []string{
+		"https://consent.example.com/voice/resume?attempt=0&lang=en-US&t0=1800000000000",
+		"https://consent.example.com/voice/resume",
+		"https://h.example/p?a=1&&b=%20&c=~!$()*+,;=:@/?",
+		"http://localhost:8080/voice/resume?x='1'",
+		`https://h.example/p?q="x"<y>`,
+		"https://h.example/p?ü=ß&x=\t",
+		"https://h.example/p?tab=\there",
+	}
+	for _, s := range Builtin().Scripts() {
+		if s.p == nil || s.p.hold.prefix == "" {
+			t.Fatalf("script %s has no hold template", s.ID)
+		}
+		for _, u := range urls {
+			got := parseTwiML(t)(Hold(s, u)).normalized()
+			want := parseTwiML(t)(renderHold(s, u)).normalized()
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("%s, %q:\n got %+v\nwant %+v", s.Language, u, got, want)
+			}
+			if u, got := urls[0], parseTwiML(t)(Hold(s, urls[0])).Children; got[len(got)-1].Text != u {
+				t.Errorf("redirect %q, want %q", got[len(got)-1].Text, u)
+			}
+		}
+	}
+}
+
 func TestEmpty(t *testing.T) {
 	want, err := twiml.Voice(nil)
 	if err != nil {

@@ -81,6 +81,7 @@ type prepared struct {
 	// elements, so they are shared by concurrent renders.
 	mustHear      []twiml.Element
 	interruptible []twiml.Element // interruptible segments, then the question
+	hold          holdTemplate
 }
 
 // prep returns the script's derived values: the cached ones when the script
@@ -113,6 +114,7 @@ func (s *Script) compute() *prepared {
 	p.interruptible = append(p.interruptible, s.say(s.Question))
 	p.interruptibleMS += speakingMS(s.Question)
 	p.text = b.String()
+	p.hold = newHoldTemplate(s)
 
 	sum := sha256.Sum256([]byte(p.text))
 	p.ref = consent.ScriptRef{

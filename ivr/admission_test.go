@@ -62,3 +62,78 @@ func TestAdmissionWakesWaiter(t *testing.T) {
 		t.Fatalf("waiter admitted after %v", took)
 	}
 }
+
+// Past capacity a freed slot goes to the newest waiter, which has the most
+// of its webhook's budget left; a full queue pushes its oldest waiter out
+// at once rather than let it wait for a slot it would not get in time.
+func TestAdmissionServesNewestFirst(t *testing.T) {
+	a := newAdmission(1, 1)
+	a.maxQueue = 2
+	a.acquire(0)
+	outcome := make(chan string, 3)
+	wait := func(name string) {
+		if a.acquire(5 * time.Second) {
+			outcome <- name + " admitted"
+		} else {
+			outcome <- name + " refused"
+		}
+	}
+	queued := func(n int) {
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			a.mu.Lock()
+			l := a.waiting.Len()
+			a.mu.Unlock()
+			if l == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("queue never reached %d", n)
+			}
+		}
+	}
+	go wait("oldest")
+	queued(1)
+	go wait("middle")
+	queued(2)
+	go wait("newest") // the queue is full: the oldest leaves it
+	if got := <-outcome; got != "oldest refused" {
+		t.Fatalf("first outcome %q, want the oldest refused", got)
+	}
+	queued(2)
+	a.release(true)
+	if got := <-outcome; got != "newest admitted" {
+		t.Fatalf("after a release: %q, want the newest admitted", got)
+	}
+	a.release(true)
+	if got := <-outcome; got != "middle admitted" {
+		t.Fatalf("after a second release: %q, want the middle admitted", got)
+	}
+}
+
+// A queue that has not emptied for CoDel's interval is a standing queue:
+// new waiters then wait only the short wait, however long they may.
+func TestAdmissionShortWaitUnderStandingQueue(t *testing.T) {
+	a := newAdmission(1, 1)
+	a.acquire(0)
+	go a.acquire(time.Minute) // a waiter that stays
+	for {
+		a.mu.Lock()
+		l := a.waiting.Len()
+		a.mu.Unlock()
+		if l == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	a.mu.Lock()
+	a.lastEmpty = time.Now().Add(-2 * queueInterval)
+	a.mu.Unlock()
+	start := time.Now()
+	if a.acquire(time.Minute) {
+		t.Fatal("admitted with no slot free")
+	}
+	if took := time.Since(start); took > time.Minute/2 { // far from the minute it asked for
+		t.Fatalf("a waiter behind a standing queue waited %v, want about %v", took, queueShortWait)
+	}
+	a.release(true) // admits the one that stays
+}

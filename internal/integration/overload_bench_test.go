@@ -45,12 +45,17 @@ func BenchmarkOverload(b *testing.B) {
 		newSID := func() string { return fmt.Sprintf("CA%08d%024d", run, seq.Add(1)) }
 		twilio := &twiliosim.Twilio{PublicBaseURL: publicBase, AuthToken: authToken, AccountSID: accountSID}
 		action := publicBase + ivr.PathGather + "?attempt=0&lang=en-US&t0=1800000000000"
-		decide := func(sid string) bool {
+		// sign builds a signed Gather callback answering "1" for call sid.
+		type signed struct{ sid, body, signature string }
+		sign := func(sid string) signed {
 			call := &twiliosim.Call{Twilio: twilio, SID: sid, From: "+14155550123", To: "+18005550199"}
 			p := call.Params(url.Values{"Digits": {"1"}})
-			req := httptest.NewRequest(http.MethodPost, strings.TrimPrefix(action, publicBase), strings.NewReader(p.Encode()))
+			return signed{sid, p.Encode(), twiliosim.Sign(authToken, action, p)}
+		}
+		post := func(s signed) bool {
+			req := httptest.NewRequest(http.MethodPost, strings.TrimPrefix(action, publicBase), strings.NewReader(s.body))
 			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			req.Header.Set("X-Twilio-Signature", twiliosim.Sign(authToken, action, p))
+			req.Header.Set("X-Twilio-Signature", s.signature)
 			w := httptest.NewRecorder()
 			handler.ServeHTTP(w, req)
 			if w.Code != http.StatusOK {
@@ -59,6 +64,7 @@ func BenchmarkOverload(b *testing.B) {
 			}
 			return strings.Contains(w.Body.String(), "<Hangup") // else a hold
 		}
+		decide := func(sid string) bool { return post(sign(sid)) }
 
 		// 1. Steady state.
 		var steady atomic.Int64
@@ -82,21 +88,28 @@ func BenchmarkOverload(b *testing.B) {
 		var mu sync.Mutex
 		var pending []string
 		interval := time.Duration(float64(time.Second) / (10 * rate))
+		// The burst's requests are signed beforehand: the load generator
+		// shares the machine's two cores with the instance, and what it
+		// spends is not the instance's to spend.
+		burst := make(chan signed, int(10*rate*overloadFor.Seconds())+1024)
+		for range cap(burst) {
+			burst <- sign(newSID())
+		}
 		before := c.recordCount()
 		start := time.Now()
 		for due := start; due.Before(start.Add(overloadFor)); due = due.Add(interval) {
 			if d := time.Until(due); d > 0 {
 				time.Sleep(d)
 			}
+			call := <-burst
 			wg.Go(func() {
-				sid := newSID()
-				if decide(sid) {
+				if post(call) {
 					recorded.Add(1)
 					return
 				}
 				held.Add(1)
 				mu.Lock()
-				pending = append(pending, sid)
+				pending = append(pending, call.sid)
 				mu.Unlock()
 			})
 		}
@@ -132,7 +145,7 @@ func BenchmarkOverload(b *testing.B) {
 			b.Errorf("%d held calls still unrecorded two minutes after the overload", n)
 		}
 		total := c.recordCount()
-		if want := int(seq.Load()); total != want {
+		if want := int(seq.Load()) - len(burst); total != want {
 			b.Errorf("%d records for %d calls", total, want)
 		}
 		b.ReportMetric(rate, "steady-dps")

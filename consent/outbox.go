@@ -15,9 +15,11 @@ import "context"
 //	  → Store.Record: pgstore.Store.commit, sqlitestore.Store.commitTx
 //	  → Outbox.Append, in that transaction: relay.Outbox, over relay/relaypg or relay/relaysqlite
 //
-// (A finished call's call.completed event has no record: ivr.Config's
-// CallCompleted hands it to relay.Relay.RecordCallCompleted, which writes it
-// through the same audit append.)
+// A call that ended undecided: its status callback's no_response record
+// carries the call.completed event, which Append writes in the same
+// transaction. A call decided before it ended has no new record to carry
+// it: ivr.Config's CallCompleted hands it to relay.Relay.RecordCallCompleted,
+// which writes it through the same audit append in a transaction of its own.
 //
 // Tx is the store's transaction type: pgx.Tx for pgstore, *sql.Tx for
 // sqlitestore. It is an interface, not the relay's concrete writer

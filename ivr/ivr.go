@@ -55,8 +55,11 @@ type Config struct {
 	// Ready reports whether dependencies are reachable, for /readyz; a
 	// NotReady error names the backend that is not.
 	Ready func(ctx context.Context) error
-	// CallCompleted, when set, is told of every finished call (the relay's
-	// call.completed event). Its error is logged; Twilio is answered anyway.
+	// CallCompleted, when set, is told of every finished call that was
+	// decided before it ended (the relay's call.completed event). A call
+	// that ended undecided needs no call: its no_response record carries
+	// the event into the record's own transaction (consent.Outbox,
+	// relay.Outbox.Append).
 	CallCompleted func(ctx context.Context, c CallStatus) error
 	// FetchCallStatus asks Twilio for a call's status and duration (its
 	// REST API's Fetch Call; see TwilioCallStatus). SweepEnded uses it to
@@ -473,7 +476,10 @@ func (s *Server) closeCall(ctx context.Context, call consent.Call, status string
 	if created {
 		s.cfg.Logger.Info("call ended without a decision", "call_sid", call.CallSID, "decision", rec.Decision)
 	}
-	if s.cfg.CallCompleted == nil {
+	if created || s.cfg.CallCompleted == nil {
+		// A no_response created here carried the call's call.completed
+		// event into its own transaction (the store's outbox:
+		// relay.Outbox.Append); a call decided earlier has none yet.
 		return nil
 	}
 	cs := CallStatus{CallSID: call.CallSID, Status: status, From: call.From, To: call.To, Duration: duration, Script: rec.Script}

@@ -204,6 +204,46 @@ func NewCallCompletedEvent(c CallCompleted, k *pii.Keyring, p *pii.Pseudonymizer
 	return ev, nil
 }
 
+// EndsCall reports whether rec closes its call: a no_response recorded
+// from the call's status callback (or the sweep that stands in for a lost
+// one). Its transaction then also carries the call's call.completed event
+// (Outbox.Append), instead of a transaction of its own after it.
+func EndsCall(rec consent.Record) bool {
+	return rec.Decision == consent.NoResponse && rec.Source == consent.SourceStatusCallback
+}
+
+// NewCallEndedEvent builds the call.completed event of a call that rec
+// closes (EndsCall): the event RecordCallCompleted would write for it, at
+// the record's time, with its numbers re-sealed from the record's binding
+// to the event's.
+func NewCallEndedEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
+	if rec.CallSID == "" {
+		return Event{}, errors.New("relay: call.completed without call sid")
+	}
+	ev := Event{
+		ID:         CallCompletedEventID(rec.CallSID),
+		Type:       TypeCallCompleted,
+		OccurredAt: formatTime(rec.DecidedAt),
+		CallSID:    rec.CallSID,
+		Source:     consent.SourceStatusCallback,
+		PatientRef: rec.PatientRef,
+	}
+	for _, f := range []struct {
+		dst  *consent.Sealed
+		src  consent.Sealed
+		name string
+	}{{&ev.From, rec.From, consent.FieldFrom}, {&ev.To, rec.To, consent.FieldTo}} {
+		pt, err := k.OpenFor(consent.RecordBinding(rec.CallSID, rec.Script.ID, f.name), f.src)
+		if err != nil {
+			return Event{}, fmt.Errorf("relay: call.completed of %s, field %s: %w", rec.CallSID, f.name, err)
+		}
+		if *f.dst, err = k.SealFor(ValueBinding(ev, f.name), pt); err != nil {
+			return Event{}, err
+		}
+	}
+	return ev, nil
+}
+
 func formatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
 
 // EventContext is the "ctx" of values sealed for an event that has no

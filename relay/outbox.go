@@ -47,10 +47,29 @@ func NewOutbox[Tx any](d relaydriver.Driver[Tx], k *pii.Keyring, deliver bool) (
 }
 
 // Append implements consent.Outbox: recs are the records the store created
-// in tx, in its order.
+// in tx, in its order. A record that closes its call (EndsCall: the
+// no_response of a status callback) brings the call's call.completed event
+// with it, so a call that ended undecided costs one transaction, not two.
 func (o *Outbox[Tx]) Append(ctx context.Context, tx Tx, recs []consent.Record) error {
 	evs, err := o.consentEvents(recs)
 	if err != nil {
+		return err
+	}
+	closing := false
+	for _, rec := range recs {
+		if EndsCall(rec) {
+			ev, err := NewCallEndedEvent(rec, o.k)
+			if err != nil {
+				return err
+			}
+			evs = append(evs, ev)
+			closing = true
+		}
+	}
+	if closing {
+		// A call.completed event may be in the log already (a status
+		// callback sent again): only what the append creates is queued.
+		_, err = o.add(ctx, tx, evs)
 		return err
 	}
 	// A new record's event is new (its id is the record's), so its

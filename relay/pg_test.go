@@ -446,3 +446,7 @@ func TestPostgresOverlappingBatchesFromInstances(t *testing.T) {
 		t.Fatalf("%d delivery jobs (err %v), want %d", jobs, err, 2*calls)
 	}
 }
+
+func TestPostgresUndecidedCallCarriesCallCompleted(t *testing.T) {
+	runUndecidedCallCarriesCallCompleted(t, newPGEnv(t, envOpts{}))
+}

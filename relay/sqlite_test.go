@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -400,5 +401,62 @@ func BenchmarkSQLiteRecordWithOutbox(b *testing.B) {
 		if _, _, err := store.Record(ctx, rec); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestSQLiteUndecidedCallCarriesCallCompleted(t *testing.T) {
+	runUndecidedCallCarriesCallCompleted(t, newSQLiteEnv(t, envOpts{}))
+}
+
+// A call that ended undecided: its status callback's no_response record
+// brings the call.completed event into its own transaction, numbers
+// re-sealed for the event, each event with its delivery job; the relay's
+// own call.completed for the same call (a status callback sent again) then
+// finds it there and adds nothing.
+func runUndecidedCallCarriesCallCompleted(t *testing.T, e *env) {
+	ctx := context.Background()
+	rec := record(t, e.keyring, "rec_nr", "CA_NR")
+	rec.Decision, rec.Source, rec.Confidence = consent.NoResponse, consent.SourceStatusCallback, nil
+	if !EndsCall(rec) {
+		t.Fatal("a status callback's no_response does not end its call")
+	}
+	if _, created, err := e.store.Record(ctx, rec); err != nil || !created {
+		t.Fatalf("Record: %v %v", created, err)
+	}
+	id := CallCompletedEventID("CA_NR")
+	cc, err := e.relay.Event(ctx, id)
+	if err != nil {
+		t.Fatalf("call.completed not written with the record: %v", err)
+	}
+	nr, err := e.relay.Event(ctx, "rec_nr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cc.Type != TypeCallCompleted || nr.Type != TypeConsentNoResponse || cc.Seq != nr.Seq+1 || cc.PrevHash != nr.Hash {
+		t.Fatalf("entries: no_response %+v, call.completed %+v", nr, cc)
+	}
+	var ev Event
+	if err := json.Unmarshal(cc.Event, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.PatientRef != rec.PatientRef || ev.OccurredAt != formatTime(rec.DecidedAt) || ev.Source != consent.SourceStatusCallback {
+		t.Fatalf("call.completed event %+v", ev)
+	}
+	if from, err := e.keyring.OpenFor(ValueBinding(ev, consent.FieldFrom), ev.From); err != nil || from != "+14158675309" {
+		t.Fatalf("call.completed from: %q, %v", from, err)
+	}
+	for _, id := range []string{"rec_nr", id} {
+		if ds, _ := e.relay.Deliveries(ctx, id); len(ds) != 1 {
+			t.Fatalf("%s: delivery jobs %+v, want 1", id, ds)
+		}
+	}
+	if _, created, err := e.relay.RecordCallCompleted(ctx, CallCompleted{CallSID: "CA_NR", From: "+14158675309", At: time.Now()}); err != nil || created {
+		t.Fatalf("call.completed again: created %v, %v", created, err)
+	}
+	if ds, _ := e.relay.Deliveries(ctx, id); len(ds) != 1 {
+		t.Fatalf("delivery jobs after a repeat: %+v", ds)
+	}
+	if res, err := e.relay.VerifyAudit(ctx); err != nil || res.Entries != 2 {
+		t.Fatalf("verify: %+v %v", res, err)
 	}
 }

@@ -19,6 +19,8 @@ package pii
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -68,6 +70,7 @@ func isHex(c byte) bool {
 // accepted for opening. It is immutable and safe for concurrent use.
 type Keyring struct {
 	active []byte
+	aead   cipher.AEAD // AES-256-GCM under active, for SealFor
 	kid    string
 	kids   []string // active first, then retired in the order given
 	byKID  map[string][]byte
@@ -86,6 +89,13 @@ func NewKeyring(active []byte, retired ...[]byte) (*Keyring, error) {
 		byKID:  make(map[string][]byte, 1+len(retired)),
 	}
 	k.byKID[k.kid] = k.active
+	block, err := aes.NewCipher(k.active)
+	if err != nil {
+		return nil, fmt.Errorf("pii: active key: %w", err)
+	}
+	if k.aead, err = cipher.NewGCM(block); err != nil {
+		return nil, fmt.Errorf("pii: active key: %w", err)
+	}
 	k.kids = []string{k.kid}
 	for i, r := range retired {
 		if len(r) != KeySize {
@@ -165,8 +175,8 @@ const (
 // same place. There is deliberately no unbound Seal: every caller has to
 // say where the value is going. The empty string seals to the empty Sealed,
 // so an absent value stays absent rather than becoming an encryption of "".
-// go-jose draws a fresh random 96-bit IV per call, so two seals of the same
-// value differ.
+// Each seal draws a fresh random 96-bit IV, so two seals of the same value
+// differ (see seal.go).
 func (k *Keyring) SealFor(b Binding, plaintext string) (consent.Sealed, error) {
 	if b.Table == "" || b.Field == "" {
 		// A programming error, caught before anything is written.
@@ -175,28 +185,7 @@ func (k *Keyring) SealFor(b Binding, plaintext string) (consent.Sealed, error) {
 	if plaintext == "" {
 		return "", nil
 	}
-	opts := &jose.EncrypterOptions{}
-	for key, v := range map[jose.HeaderKey]string{
-		hdrTable: b.Table, hdrID: b.ID, hdrCallSID: b.CallSID, hdrScriptID: b.ScriptID, hdrField: b.Field,
-	} {
-		if v != "" { // absent, not "": a record and a started call differ by which keys they have
-			opts.WithHeader(key, v)
-		}
-	}
-	enc, err := jose.NewEncrypter(jose.A256GCM,
-		jose.Recipient{Algorithm: jose.DIRECT, Key: k.active, KeyID: k.kid}, opts)
-	if err != nil {
-		return "", fmt.Errorf("pii: seal: %w", err)
-	}
-	obj, err := enc.Encrypt([]byte(plaintext))
-	if err != nil {
-		return "", fmt.Errorf("pii: seal: %w", err)
-	}
-	s, err := obj.CompactSerialize()
-	if err != nil {
-		return "", fmt.Errorf("pii: seal: %w", err)
-	}
-	return consent.Sealed(s), nil
+	return k.seal(b, plaintext)
 }
 
 // ErrUnknownKey is wrapped by the Open methods when the value's kid is not

@@ -1,0 +1,54 @@
+package pii
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/consentline/consentline/consent"
+)
+
+// What seal writes, go-jose reads: the header (kid and binding) and the
+// plaintext, for bindings with and without their optional members and for
+// plaintexts of every kind, including ones JSON would escape.
+func TestSealOpensWithGoJose(t *testing.T) {
+	k := mustRing(t, hexA, "")
+	rng := rand.New(rand.NewPCG(7, 9))
+	texts := []string{"+14158675309", "yes I agree", "sí, estoy de acuerdo", `"<&>'\` + "\x00\n", string(make([]byte, 4096))}
+	for i := range 200 {
+		b := consent.Binding{Table: "consent_records", Field: consent.FieldTranscript}
+		if i%2 == 0 {
+			b.CallSID = fmt.Sprintf("CA%032x", rng.Uint64())
+		}
+		if i%3 == 0 {
+			b.ScriptID = "hipaa-consent"
+		}
+		if i%5 == 0 {
+			b.Table, b.ID = "relay_event", fmt.Sprintf("cc_CA%032x", rng.Uint64())
+		}
+		plain := texts[i%len(texts)] + fmt.Sprint(rng.Int())
+		s, err := k.SealFor(b, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj, err := jose.ParseEncryptedCompact(string(s), []jose.KeyAlgorithm{jose.DIRECT}, []jose.ContentEncryption{jose.A256GCM})
+		if err != nil {
+			t.Fatalf("go-jose cannot parse %q: %v", s, err)
+		}
+		got, err := obj.Decrypt(k.active)
+		if err != nil || string(got) != plain {
+			t.Fatalf("go-jose decrypts %q, %v; want %q", got, err, plain)
+		}
+		if obj.Header.KeyID != k.KID() {
+			t.Fatalf("kid %q", obj.Header.KeyID)
+		}
+		if hb, err := headerBinding(obj.Header); err != nil || hb != b {
+			t.Fatalf("binding read back %+v, %v; want %+v", hb, err, b)
+		}
+		if pt, err := k.OpenFor(b, s); err != nil || pt != plain {
+			t.Fatalf("OpenFor: %q, %v", pt, err)
+		}
+	}
+}

@@ -70,7 +70,8 @@ func isHex(c byte) bool {
 // accepted for opening. It is immutable and safe for concurrent use.
 type Keyring struct {
 	active []byte
-	aead   cipher.AEAD // AES-256-GCM under active, for SealFor
+	aead   cipher.AEAD            // AES-256-GCM under active, for SealFor
+	aeads  map[string]cipher.AEAD // by kid, every key's, for openOwn
 	kid    string
 	kids   []string // active first, then retired in the order given
 	byKID  map[string][]byte
@@ -89,13 +90,6 @@ func NewKeyring(active []byte, retired ...[]byte) (*Keyring, error) {
 		byKID:  make(map[string][]byte, 1+len(retired)),
 	}
 	k.byKID[k.kid] = k.active
-	block, err := aes.NewCipher(k.active)
-	if err != nil {
-		return nil, fmt.Errorf("pii: active key: %w", err)
-	}
-	if k.aead, err = cipher.NewGCM(block); err != nil {
-		return nil, fmt.Errorf("pii: active key: %w", err)
-	}
 	k.kids = []string{k.kid}
 	for i, r := range retired {
 		if len(r) != KeySize {
@@ -107,6 +101,17 @@ func NewKeyring(active []byte, retired ...[]byte) (*Keyring, error) {
 			k.kids = append(k.kids, kid)
 		}
 	}
+	k.aeads = make(map[string]cipher.AEAD, len(k.byKID))
+	for kid, key := range k.byKID {
+		block, err := aes.NewCipher(key)
+		if err != nil {
+			return nil, fmt.Errorf("pii: key %s: %w", kid, err)
+		}
+		if k.aeads[kid], err = cipher.NewGCM(block); err != nil {
+			return nil, fmt.Errorf("pii: key %s: %w", kid, err)
+		}
+	}
+	k.aead = k.aeads[k.kid]
 	return k, nil
 }
 
@@ -241,6 +246,9 @@ func (k *Keyring) OpenAny(s consent.Sealed) (string, Binding, error) {
 func (k *Keyring) open(s consent.Sealed) (string, Binding, error) {
 	if s == "" {
 		return "", Binding{}, nil
+	}
+	if pt, b, ok, err := k.openOwn(s); ok {
+		return pt, b, err
 	}
 	obj, err := parse(s)
 	if err != nil {

@@ -109,31 +109,3 @@ func TestAdmissionServesNewestFirst(t *testing.T) {
 		t.Fatalf("after a second release: %q, want the middle admitted", got)
 	}
 }
-
-// A queue that has not emptied for CoDel's interval is a standing queue:
-// new waiters then wait only the short wait, however long they may.
-func TestAdmissionShortWaitUnderStandingQueue(t *testing.T) {
-	a := newAdmission(1, 1)
-	a.acquire(0)
-	go a.acquire(time.Minute) // a waiter that stays
-	for {
-		a.mu.Lock()
-		l := a.waiting.Len()
-		a.mu.Unlock()
-		if l == 1 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	a.mu.Lock()
-	a.lastEmpty = time.Now().Add(-2 * queueInterval)
-	a.mu.Unlock()
-	start := time.Now()
-	if a.acquire(time.Minute) {
-		t.Fatal("admitted with no slot free")
-	}
-	if took := time.Since(start); took > time.Minute/2 { // far from the minute it asked for
-		t.Fatalf("a waiter behind a standing queue waited %v, want about %v", took, queueShortWait)
-	}
-	a.release(true) // admits the one that stays
-}

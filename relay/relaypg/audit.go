@@ -28,6 +28,17 @@ SELECT * FROM unnest($1::integer[], $2::bigint[], $3::text[], $4::text[], $5::te
 
 func (p pgAudit) Begin(ctx context.Context, chains []int, ids []string) (map[int]relaydriver.Head, map[string]bool, error) {
 	b := &pgx.Batch{}
+	// Plan the look-ups for their parameters every time. pgx prepares
+	// each statement once per connection, and PostgreSQL then settles on
+	// a generic plan after five executions: planned while relay_audit was
+	// still nearly empty (a fresh deployment), that plan scans the whole
+	// table, and keeps scanning it as the log grows until statistics
+	// change, which needs an ANALYZE that autovacuum may be late with or
+	// (autovacuum off) never run. Measured: a connection on a 280,000-entry
+	// log read 1.6 billion rows in 11,000 scans, and decisions slowed to a
+	// crawl. SET LOCAL lasts until this transaction ends, and rides in the
+	// same round trip.
+	b.Queue(`SET LOCAL plan_cache_mode = force_custom_plan`)
 	// One statement per lock: a pipeline runs them in order, which a single
 	// SELECT over an array would not promise.
 	for _, c := range chains {
@@ -37,6 +48,9 @@ func (p pgAudit) Begin(ctx context.Context, chains []int, ids []string) (map[int
 	b.Queue(pgHeads, chains)
 	br := p.tx.SendBatch(ctx, b)
 	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, nil, fmt.Errorf("relay: audit plan mode: %w", err)
+	}
 	for range chains {
 		if _, err := br.Exec(); err != nil {
 			return nil, nil, fmt.Errorf("relay: audit lock: %w", err)

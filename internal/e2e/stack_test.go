@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -39,15 +40,31 @@ const (
 )
 
 // phi lists the strings that must never appear in logs or operator output.
-var phi = []string{callerPrefix, "4155550", "8005550199", "agree to the recording"}
+var phi = []string{callerPrefix, "8005550199", "agree to the recording"}
+
+// nationalCaller matches a caller's number written without +1 (4155550001):
+// ten digits standing alone, so the digits of a timestamp's nanoseconds
+// (…T23:55:54.041555505Z) are not taken for one.
+var nationalCaller = regexp.MustCompile(`(^|[^0-9])415555[0-9]{4}([^0-9]|$)`)
+
+// findPHI returns the PHI text contains, or "".
+func findPHI(text string) string {
+	for _, p := range phi {
+		if strings.Contains(text, p) {
+			return p
+		}
+	}
+	if m := nationalCaller.FindString(text); m != "" {
+		return m
+	}
+	return ""
+}
 
 // assertNoPHI fails the test if text (named where) contains PHI.
 func assertNoPHI(t testing.TB, where, text string) {
 	t.Helper()
-	for _, p := range phi {
-		if strings.Contains(text, p) {
-			t.Errorf("%s contains PHI %q", where, p)
-		}
+	if p := findPHI(text); p != "" {
+		t.Errorf("%s contains PHI %q", where, p)
 	}
 }
 
@@ -295,4 +312,20 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// The PHI check finds a caller's number in any form, and not in the digits
+// of a timestamp.
+func TestFindPHI(t *testing.T) {
+	for text, want := range map[string]bool{
+		`"time":"2026-11-29T23:55:54.041555505Z"`: false,
+		`"from":"+14155550001"`:                   true,
+		`caller 4155550001 hung up`:               true,
+		`"n":"(415) 555-0001"`:                    false, // not a form anything here writes
+		`ref 94155550001`:                         false,
+	} {
+		if got := findPHI(text) != ""; got != want {
+			t.Errorf("findPHI(%s) found %v, want %v", text, got, want)
+		}
+	}
 }

@@ -183,18 +183,10 @@ func CallCompletedEventID(callSID string) string { return "cc_" + callSID }
 // NewCallCompletedEvent builds the call.completed event (source
 // status_callback) for the status callback.
 func NewCallCompletedEvent(c CallCompleted, k *pii.Keyring, p *pii.Pseudonymizer) (Event, error) {
-	if c.CallSID == "" {
-		return Event{}, errors.New("relay: call.completed without call sid")
+	ev, err := callCompletedEvent(c.CallSID, c.At, p.Ref(c.From))
+	if err != nil {
+		return Event{}, err
 	}
-	ev := Event{
-		ID:         CallCompletedEventID(c.CallSID),
-		Type:       TypeCallCompleted,
-		OccurredAt: formatTime(c.At),
-		CallSID:    c.CallSID,
-		Source:     consent.SourceStatusCallback,
-		PatientRef: p.Ref(c.From),
-	}
-	var err error
 	if ev.From, err = k.SealFor(ValueBinding(ev, consent.FieldFrom), c.From); err != nil {
 		return Event{}, err
 	}
@@ -217,16 +209,9 @@ func EndsCall(rec consent.Record) bool {
 // the record's time, with its numbers re-sealed from the record's binding
 // to the event's.
 func NewCallEndedEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
-	if rec.CallSID == "" {
-		return Event{}, errors.New("relay: call.completed without call sid")
-	}
-	ev := Event{
-		ID:         CallCompletedEventID(rec.CallSID),
-		Type:       TypeCallCompleted,
-		OccurredAt: formatTime(rec.DecidedAt),
-		CallSID:    rec.CallSID,
-		Source:     consent.SourceStatusCallback,
-		PatientRef: rec.PatientRef,
+	ev, err := callCompletedEvent(rec.CallSID, rec.DecidedAt, rec.PatientRef)
+	if err != nil {
+		return Event{}, err
 	}
 	for _, f := range []struct {
 		dst  *consent.Sealed
@@ -242,6 +227,21 @@ func NewCallEndedEvent(rec consent.Record, k *pii.Keyring) (Event, error) {
 		}
 	}
 	return ev, nil
+}
+
+// callCompletedEvent is a call.completed event without its numbers.
+func callCompletedEvent(callSID string, at time.Time, patientRef string) (Event, error) {
+	if callSID == "" {
+		return Event{}, errors.New("relay: call.completed without call sid")
+	}
+	return Event{
+		ID:         CallCompletedEventID(callSID),
+		Type:       TypeCallCompleted,
+		OccurredAt: formatTime(at),
+		CallSID:    callSID,
+		Source:     consent.SourceStatusCallback,
+		PatientRef: patientRef,
+	}, nil
 }
 
 func formatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/consentline/consentline/consent/pgstore"
 	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/internal/testdb"
@@ -449,4 +451,72 @@ func TestPostgresOverlappingBatchesFromInstances(t *testing.T) {
 
 func TestPostgresUndecidedCallCarriesCallCompleted(t *testing.T) {
 	runUndecidedCallCarriesCallCompleted(t, newPGEnv(t, envOpts{}))
+}
+
+// The audit append's look-ups stay index look-ups as the log grows. pgx
+// prepares each statement once per connection and PostgreSQL settles on a
+// generic plan after five executions; one chosen while relay_audit was
+// empty scanned the whole log on every later append (seen: 1.6 billion rows
+// read on a 280,000-entry log). The test makes that happen on one
+// connection (appends on an empty log, then a large log) and counts the
+// rows PostgreSQL read by scanning relay_audit whole: without the fix,
+// 200,000 for four look-ups.
+func TestPostgresAuditLookupsStayIndexed(t *testing.T) {
+	ctx := context.Background()
+	dsn := testdb.Postgres(t)
+	store, err := pgstore.Open(ctx, dsn, pgstore.Options{Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := relaypg.Migrate(ctx, store.Pool()); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	d := relaypg.New(nil)
+	lookUp := func() {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		if _, _, err := d.Audit(tx).Begin(ctx, []int{0, 3, 7}, []string{"ev-1", "ev-2"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill := func(from, to int) {
+		if _, err := conn.Exec(ctx, `INSERT INTO relay_audit (chain, seq, event_id, type, occurred_at, event, prev_hash, hash)
+SELECT i % 16, i, 'bulk-' || i, 'consent.granted', '2026-01-01T00:00:00Z', '{}', '', '' FROM generate_series($1::int, $2::int) AS i`, from, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill(1, 100)  // a new deployment's first minutes: a page or two
+	for range 8 { // past the five custom plans
+		lookUp()
+	}
+	const entries = 50_000
+	fill(101, entries)
+	scanned := func() int64 {
+		// This backend's counts reach the shared view when its next
+		// transaction ends; the view is then read in a transaction of its own.
+		if _, err := conn.Exec(ctx, `SELECT pg_stat_force_next_flush()`); err != nil {
+			t.Fatal(err)
+		}
+		var n int64
+		if err := conn.QueryRow(ctx, `SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = 'relay_audit'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := scanned()
+	for range 4 {
+		lookUp()
+	}
+	if read := scanned() - before; read >= entries {
+		t.Fatalf("4 audit look-ups read %d rows by scanning a %d-entry log: a plan made for the empty log is still in use", read, entries)
+	}
 }

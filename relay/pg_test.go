@@ -458,7 +458,7 @@ func TestPostgresUndecidedCallCarriesCallCompleted(t *testing.T) {
 // generic plan after five executions; one chosen while relay_audit was
 // empty scanned the whole log on every later append (seen: 1.6 billion rows
 // read on a 280,000-entry log). The test makes that happen on one
-// connection (appends on an empty log, then a large log) and counts the
+// connection (look-ups on a log of a page or two, then a large log) and counts the
 // rows PostgreSQL read by scanning relay_audit whole: without the fix,
 // 200,000 for four look-ups.
 func TestPostgresAuditLookupsStayIndexed(t *testing.T) {

@@ -336,7 +336,12 @@ func (s *Store) commitOnce(ctx context.Context, recs []consent.Record) ([]*store
 		for j, i := range conflicts {
 			calls[j], scripts[j] = recs[i].CallSID, recs[i].Script.ID
 		}
-		rows, err := q.Query(ctx, selectRecords, calls, scripts)
+		// Planned for its parameters every time (QueryExecModeExec: an
+		// unnamed statement), not once per connection: a generic plan
+		// made while consent_records held a page or two scans the whole
+		// table on every duplicate delivery once it is large
+		// (TestConflictLookUpStaysIndexed).
+		rows, err := q.Query(ctx, selectRecords, pgx.QueryExecModeExec, calls, scripts)
 		if err != nil {
 			return nil, fmt.Errorf("read existing: %w", err)
 		}

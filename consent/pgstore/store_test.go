@@ -389,3 +389,51 @@ func TestStatementsPreparedOnce(t *testing.T) {
 		t.Fatalf("insert prepared %d times on the connection, want once", n)
 	}
 }
+
+// A duplicate delivery reads the stored record back by its key, not by
+// scanning consent_records, however the connection's plans were made: here
+// on a table of a page or two, before it grew to 50,000 records.
+func TestConflictLookUpStaysIndexed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := open(t, testdb.Postgres(t)+"&pool_max_conns=1", Options{Migrate: true}) // one connection: one plan cache
+	dup := func() {
+		rec := storetest.NewRecord(storetest.CallSID(), "hipaa-consent")
+		if _, created, err := s.Record(ctx, rec); err != nil || !created {
+			t.Fatalf("Record: %v %v", created, err)
+		}
+		again := storetest.NewRecord(rec.CallSID, rec.Script.ID)
+		if _, created, err := s.Record(ctx, again); err != nil || created {
+			t.Fatalf("duplicate Record: created %v, %v", created, err)
+		}
+	}
+	for range 8 { // past the five custom plans
+		dup()
+	}
+	const records = 50_000
+	if _, err := s.pool.Exec(ctx, `INSERT INTO consent_records (id, call_sid, script_id, script_version, script_language, script_sha256,
+    decision, source, barge_in, disclosure_heard_ms, patient_ref, decided_at)
+SELECT 'bulk-' || i, 'CAbulk' || i, 'hipaa-consent', 'v1', 'en-US', '', 'granted', 'dtmf', false, 0, '', now()
+FROM generate_series(1, $1::int) AS i`, records); err != nil {
+		t.Fatal(err)
+	}
+	scanned := func() int64 {
+		// The backend's counts reach the shared view when its next
+		// transaction ends; the view is then read in one of its own.
+		if _, err := s.pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`); err != nil {
+			t.Fatal(err)
+		}
+		var n int64
+		if err := s.pool.QueryRow(ctx, `SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = 'consent_records'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := scanned()
+	for range 4 {
+		dup()
+	}
+	if read := scanned() - before; read >= records {
+		t.Fatalf("4 duplicate deliveries read %d rows by scanning %d records", read, records)
+	}
+}

@@ -466,7 +466,7 @@ func (s *Store) Unsettled(ctx context.Context, startedBefore time.Time, limit in
     c.from_sealed, c.to_sealed, c.started_at
 FROM started_calls c
 WHERE c.started_at < $1 AND NOT EXISTS (SELECT 1 FROM consent_records r WHERE r.call_sid = c.call_sid)
-ORDER BY c.started_at LIMIT $2`, startedBefore, limit)
+ORDER BY c.started_at LIMIT $2`, pgx.QueryExecModeExec, startedBefore, limit) // planned per run, as selectRecords
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: unsettled calls: %w", ctxCause(ctx, err))
 	}

@@ -417,23 +417,11 @@ SELECT 'bulk-' || i, 'CAbulk' || i, 'hipaa-consent', 'v1', 'en-US', '', 'granted
 FROM generate_series(1, $1::int) AS i`, records); err != nil {
 		t.Fatal(err)
 	}
-	scanned := func() int64 {
-		// The backend's counts reach the shared view when its next
-		// transaction ends; the view is then read in one of its own.
-		if _, err := s.pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`); err != nil {
-			t.Fatal(err)
-		}
-		var n int64
-		if err := s.pool.QueryRow(ctx, `SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = 'consent_records'`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	before := scanned()
+	before := testdb.SeqRowsRead(t, s.pool, "consent_records")
 	for range 4 {
 		dup()
 	}
-	if read := scanned() - before; read >= records {
+	if read := testdb.SeqRowsRead(t, s.pool, "consent_records") - before; read >= records {
 		t.Fatalf("4 duplicate deliveries read %d rows by scanning %d records", read, records)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -232,4 +233,30 @@ func redact(raw string) string {
 		return "(unparseable URL)"
 	}
 	return u.Redacted()
+}
+
+// Querier is what SeqRowsRead runs its statements on: a *pgx.Conn, or a
+// pool of one connection (*pgxpool.Pool with pool_max_conns=1).
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// SeqRowsRead returns how many rows PostgreSQL has read from table by
+// sequential scans, counting what q's own backend did up to now: its counts
+// reach the shared statistics when its next transaction ends, which
+// pg_stat_force_next_flush forces, and the view is then read in a
+// transaction of its own. A test compares two readings to show that
+// look-ups stayed index look-ups.
+func SeqRowsRead(t testing.TB, q Querier, table string) int64 {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := q.Exec(ctx, `SELECT pg_stat_force_next_flush()`); err != nil {
+		t.Fatalf("testdb: flushing statistics: %v", err)
+	}
+	var n int64
+	if err := q.QueryRow(ctx, `SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = $1`, table).Scan(&n); err != nil {
+		t.Fatalf("testdb: reading %s's statistics: %v", table, err)
+	}
+	return n
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -246,16 +245,7 @@ func openRecordCounter(ctx context.Context, databaseURL, dataDir string) (record
 				return nil, err
 			}
 			defer rows.Close()
-			out := map[string]int{}
-			for rows.Next() {
-				var d string
-				var n int
-				if err := rows.Scan(&d, &n); err != nil {
-					return nil, err
-				}
-				out[d] = n
-			}
-			return out, rows.Err()
+			return scanCounts(rows)
 		}
 		return count, "consent_records in PostgreSQL, for the calls that finished without an error", func() { _ = st.Close() }, nil
 	}
@@ -283,7 +273,12 @@ func openRecordCounter(ctx context.Context, databaseURL, dataDir string) (record
 	return count, "consent_records in the embedded database, for the calls that finished without an error", func() { _ = st.Close() }, nil
 }
 
-func scanCounts(rows *sql.Rows) (map[string]int, error) {
+// scanCounts reads (decision, count) rows, from pgx or database/sql.
+func scanCounts(rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}) (map[string]int, error) {
 	out := map[string]int{}
 	for rows.Next() {
 		var d string

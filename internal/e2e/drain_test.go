@@ -249,17 +249,14 @@ func openStore(t *testing.T, dbURL, dataDir string) (consent.Store, map[string]i
 	ctx := context.Background()
 	const q = `SELECT state, count(*) FROM river_job GROUP BY state`
 	jobs := map[string]int{}
-	if dbURL != "" {
-		st, err := pgstore.Open(ctx, dbURL, pgstore.Options{})
+	count := func(rows interface {
+		Next() bool
+		Scan(dest ...any) error
+		Err() error
+	}, err error) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { st.Close() })
-		rows, err := st.Pool().Query(ctx, q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
 		for rows.Next() {
 			var state string
 			var n int
@@ -268,6 +265,21 @@ func openStore(t *testing.T, dbURL, dataDir string) (consent.Store, map[string]i
 			}
 			jobs[state] = n
 		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if dbURL != "" {
+		st, err := pgstore.Open(ctx, dbURL, pgstore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		rows, err := st.Pool().Query(ctx, q)
+		if err == nil {
+			defer rows.Close()
+		}
+		count(rows, err)
 		return st, jobs
 	}
 	st, err := sqlitestore.Open(ctx, dataDir, sqlitestore.Options{})
@@ -276,18 +288,10 @@ func openStore(t *testing.T, dbURL, dataDir string) (consent.Store, map[string]i
 	}
 	t.Cleanup(func() { st.Close() })
 	rows, err := st.DB().QueryContext(ctx, q)
-	if err != nil {
-		t.Fatal(err)
+	if err == nil {
+		defer rows.Close()
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var state string
-		var n int
-		if err := rows.Scan(&state, &n); err != nil {
-			t.Fatal(err)
-		}
-		jobs[state] = n
-	}
+	count(rows, err)
 	return st, jobs
 }
 

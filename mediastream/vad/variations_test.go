@@ -170,24 +170,7 @@ func makeVariation(rng *rand.Rand, disclosure []float64, disclosureEndMS int64, 
 	addAt(in, echoOf(out, delay, gain, fc), 0, 1)
 	name.WriteString("echo=" + itoa(int64(delay)) + "ms@" + itoa(int64(gain*100)) + "%")
 
-	switch rng.IntN(3) {
-	case 0:
-		lv := -70 + rng.Float64()*20
-		addWhite(in, rng, lv)
-		name.WriteString(" white" + itoa(int64(lv)))
-	case 1:
-		lv := -60 + rng.Float64()*25
-		addBrown(in, rng, lv)
-		name.WriteString(" brown" + itoa(int64(lv)))
-	default:
-		addWhite(in, rng, -75)
-	}
-	if rng.IntN(2) == 0 {
-		hz := []float64{50, 60}[rng.IntN(2)]
-		lv := -45 + rng.Float64()*15
-		addHum(in, hz, lv)
-		name.WriteString(" hum" + itoa(int64(hz)) + "@" + itoa(int64(lv)))
-	}
+	addLineNoise(in, rng, &name)
 
 	callerMS := -1
 	var ci int
@@ -380,24 +363,7 @@ func makeHardVariation(rng *rand.Rand, disclosure []float64, disclosureOnsetMS, 
 	addAt(in, echo, 0, 1)
 	name.WriteString("echo=" + itoa(int64(delay)) + "ms@" + itoa(int64(gain*100)) + "%")
 
-	switch rng.IntN(3) {
-	case 0:
-		lv := -70 + rng.Float64()*20
-		addWhite(in, rng, lv)
-		name.WriteString(" white" + itoa(int64(lv)))
-	case 1:
-		lv := -60 + rng.Float64()*25
-		addBrown(in, rng, lv)
-		name.WriteString(" brown" + itoa(int64(lv)))
-	default:
-		addWhite(in, rng, -75)
-	}
-	if rng.IntN(2) == 0 {
-		hz := []float64{50, 60}[rng.IntN(2)]
-		lv := -45 + rng.Float64()*15
-		addHum(in, hz, lv)
-		name.WriteString(" hum" + itoa(int64(hz)) + "@" + itoa(int64(lv)))
-	}
+	addLineNoise(in, rng, &name)
 
 	callerMS, ci := -1, 0
 	callerDB := callerLevelDB + rng.Float64()*6 - 3
@@ -568,5 +534,28 @@ func TestBargeInVariations(t *testing.T) {
 	if len(s) > 0 {
 		t.Logf("barge-ins, all seeds: %d onsets, error p10 %d, median %d, p90 %d, max %d ms",
 			len(s), s[len(s)/10], s[len(s)/2], s[len(s)*9/10], s[len(s)-1])
+	}
+}
+
+// addLineNoise adds a line's noise floor to in (white, brown or a quiet
+// white, and sometimes mains hum), drawn from rng, and names it in name.
+func addLineNoise(in []float64, rng *rand.Rand, name *strings.Builder) {
+	switch rng.IntN(3) {
+	case 0:
+		lv := -70 + rng.Float64()*20
+		addWhite(in, rng, lv)
+		name.WriteString(" white" + itoa(int64(lv)))
+	case 1:
+		lv := -60 + rng.Float64()*25
+		addBrown(in, rng, lv)
+		name.WriteString(" brown" + itoa(int64(lv)))
+	default:
+		addWhite(in, rng, -75)
+	}
+	if rng.IntN(2) == 0 {
+		hz := []float64{50, 60}[rng.IntN(2)]
+		lv := -45 + rng.Float64()*15
+		addHum(in, hz, lv)
+		name.WriteString(" hum" + itoa(int64(hz)) + "@" + itoa(int64(lv)))
 	}
 }

@@ -37,6 +37,21 @@ type mover struct {
 	err   error
 }
 
+// recognizerRig is a call rig whose Calls recognize through a Deepgram
+// stand-in (accepting "dg-key") that plays steps, connecting with key, and
+// move decided calls with mv (nil: none); and the stand-in.
+func recognizerRig(t *testing.T, key string, mv *mover, steps ...deepgramtest.Step) (*callRig, *deepgramtest.Server) {
+	t.Helper()
+	dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key", Script: steps})
+	t.Cleanup(dg.Close)
+	return newCallRig(t, func(c *mediastream.Calls) {
+		c.Recognizer = deepgram.Recognizer{Config: fastConfig(dg.URL, key)}
+		if mv != nil {
+			c.MoveToReadBack = mv.move
+		}
+	}), dg
+}
+
 func (m *mover) move(ctx context.Context, callSID string, script consent.ScriptRef) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -78,17 +93,12 @@ func (r *callRig) waitRecord(t *testing.T, callSID string) consent.Record {
 // live call is moved to the read-back; a Gather result arriving afterwards
 // records nothing.
 func TestStreamRecognizerDecides(t *testing.T) {
-	dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key", Script: []deepgramtest.Step{
-		deepgramtest.SpeechStartedAt(2650),
-		deepgramtest.InterimAt(3000, "no", 0.6), // an interim never decides
-		deepgramtest.FinalAt(4300, "no, I do not agree", 0.92, true),
-	}})
-	defer dg.Close()
 	mv := &mover{}
-	r := newCallRig(t, func(c *mediastream.Calls) {
-		c.Recognizer = deepgram.Recognizer{Config: fastConfig(dg.URL, "dg-key")}
-		c.MoveToReadBack = mv.move
-	})
+	r, dg := recognizerRig(t, "dg-key", mv,
+		deepgramtest.SpeechStartedAt(2650),
+		deepgramtest.InterimAt(3000, "no", 0.6), // an interim never decides,
+		deepgramtest.FinalAt(4300, "no, I do not agree", 0.92, true),
+	)
 	callSID := sid("CA", 3001)
 	r.started(t, callSID)
 	r.play(t, callSID, fixtureCall(t, "dev_decline_bg"), false)
@@ -120,15 +130,8 @@ func TestStreamRecognizerDecides(t *testing.T) {
 // Words the recognizer hears where the VAD heard no caller (echo of the
 // disclosure) decide nothing.
 func TestStreamRecognizerEchoDecidesNothing(t *testing.T) {
-	dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key", Script: []deepgramtest.Step{
-		deepgramtest.FinalAt(3000, "yes", 0.95, true),
-	}})
-	defer dg.Close()
 	mv := &mover{}
-	r := newCallRig(t, func(c *mediastream.Calls) {
-		c.Recognizer = deepgram.Recognizer{Config: fastConfig(dg.URL, "dg-key")}
-		c.MoveToReadBack = mv.move
-	})
+	r, _ := recognizerRig(t, "dg-key", mv, deepgramtest.FinalAt(3000, "yes", 0.95, true))
 	callSID := sid("CA", 3002)
 	r.started(t, callSID)
 	r.play(t, callSID, fixtureCall(t, "dev_loud_echo"), false)
@@ -143,11 +146,7 @@ func TestStreamRecognizerEchoDecidesNothing(t *testing.T) {
 // the decision back).
 func TestStreamRecognizerFaults(t *testing.T) {
 	t.Run("recognizer drops", func(t *testing.T) {
-		dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key", Script: []deepgramtest.Step{deepgramtest.DropAt(1000)}})
-		defer dg.Close()
-		r := newCallRig(t, func(c *mediastream.Calls) {
-			c.Recognizer = deepgram.Recognizer{Config: fastConfig(dg.URL, "dg-key")}
-		})
+		r, _ := recognizerRig(t, "dg-key", nil, deepgramtest.DropAt(1000))
 		callSID := sid("CA", 3003)
 		r.started(t, callSID)
 		r.play(t, callSID, fixtureCall(t, "dev_bargein"), false)
@@ -160,11 +159,7 @@ func TestStreamRecognizerFaults(t *testing.T) {
 		}
 	})
 	t.Run("recognizer refuses the key", func(t *testing.T) {
-		dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key"})
-		defer dg.Close()
-		r := newCallRig(t, func(c *mediastream.Calls) {
-			c.Recognizer = deepgram.Recognizer{Config: fastConfig(dg.URL, "wrong")}
-		})
+		r, _ := recognizerRig(t, "wrong", nil)
 		callSID := sid("CA", 3004)
 		r.play(t, callSID, fixtureCall(t, "dev_after"), false)
 		r.measurement(t, callSID, func(m consent.StreamMeasurement) bool { return m.AnswerAudio != "" })
@@ -172,16 +167,11 @@ func TestStreamRecognizerFaults(t *testing.T) {
 	t.Run("recognizer drops mid-utterance", func(t *testing.T) {
 		// "yes" is final for its span, but the utterance never completes
 		// (no speech_final, no UtteranceEnd): it is a prefix, not an answer.
-		dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key", Script: []deepgramtest.Step{
+		mv := &mover{}
+		r, _ := recognizerRig(t, "dg-key", mv,
 			deepgramtest.FinalAt(4600, "yes", 0.95, false),
 			deepgramtest.DropAt(4700),
-		}})
-		defer dg.Close()
-		mv := &mover{}
-		r := newCallRig(t, func(c *mediastream.Calls) {
-			c.Recognizer = deepgram.Recognizer{Config: fastConfig(dg.URL, "dg-key")}
-			c.MoveToReadBack = mv.move
-		})
+		)
 		callSID := sid("CA", 3007)
 		r.started(t, callSID)
 		r.play(t, callSID, fixtureCall(t, "dev_bargein"), false)
@@ -191,15 +181,8 @@ func TestStreamRecognizerFaults(t *testing.T) {
 		}
 	})
 	t.Run("REST update fails", func(t *testing.T) {
-		dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key", Script: []deepgramtest.Step{
-			deepgramtest.FinalAt(5600, "yes I agree", 0.9, true),
-		}})
-		defer dg.Close()
 		mv := &mover{err: errors.New("twilio: 503")}
-		r := newCallRig(t, func(c *mediastream.Calls) {
-			c.Recognizer = deepgram.Recognizer{Config: fastConfig(dg.URL, "dg-key")}
-			c.MoveToReadBack = mv.move
-		})
+		r, _ := recognizerRig(t, "dg-key", mv, deepgramtest.FinalAt(5600, "yes I agree", 0.9, true))
 		callSID := sid("CA", 3005)
 		r.started(t, callSID)
 		r.play(t, callSID, fixtureCall(t, "dev_bargein"), false)
@@ -214,15 +197,8 @@ func TestStreamRecognizerFaults(t *testing.T) {
 // answer): the stream then decides nothing, its measurement is still
 // saved, and the Gather's decision takes it.
 func TestStreamBeforeTheCallIsStored(t *testing.T) {
-	dg := deepgramtest.NewServer(deepgramtest.Config{APIKey: "dg-key", Script: []deepgramtest.Step{
-		deepgramtest.FinalAt(5600, "yes I agree", 0.9, true),
-	}})
-	defer dg.Close()
 	mv := &mover{}
-	r := newCallRig(t, func(c *mediastream.Calls) {
-		c.Recognizer = deepgram.Recognizer{Config: fastConfig(dg.URL, "dg-key")}
-		c.MoveToReadBack = mv.move
-	})
+	r, _ := recognizerRig(t, "dg-key", mv, deepgramtest.FinalAt(5600, "yes I agree", 0.9, true))
 	callSID := sid("CA", 3006)
 	fx := fixtureCall(t, "dev_bargein")
 	r.play(t, callSID, fx, false)

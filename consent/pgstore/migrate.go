@@ -21,11 +21,7 @@ import (
 var migrationFiles embed.FS
 
 func embeddedMigrations() fs.FS {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		panic(err) // the directory is embedded at build time
-	}
-	return sub
+	return sqlmigrate.Embedded(migrationFiles)
 }
 
 // migrationLockKey is the pg_advisory_lock key that serializes migrators on

@@ -16,11 +16,7 @@ import (
 var migrationFiles embed.FS
 
 func embeddedMigrations() fs.FS {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		panic(err) // the directory is embedded at build time
-	}
-	return sub
+	return sqlmigrate.Embedded(migrationFiles)
 }
 
 // Migrate applies the embedded migrations not yet recorded in

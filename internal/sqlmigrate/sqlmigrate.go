@@ -9,6 +9,7 @@ package sqlmigrate
 
 import (
 	"cmp"
+	"embed"
 	"fmt"
 	"io/fs"
 	"path"
@@ -63,4 +64,14 @@ func Load(fsys fs.FS) ([]Migration, error) {
 		}
 	}
 	return ms, nil
+}
+
+// Embedded returns the migrations directory of an embed.FS (a package's
+// `//go:embed migrations/*.sql`), as Load reads it.
+func Embedded(files embed.FS) fs.FS {
+	sub, err := fs.Sub(files, "migrations")
+	if err != nil {
+		panic(err) // the directory is embedded at build time
+	}
+	return sub
 }

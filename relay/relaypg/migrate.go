@@ -26,11 +26,7 @@ var migrationFiles embed.FS
 
 // Migrations are the relay's migration files on PostgreSQL.
 func Migrations() fs.FS {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		panic(err) // the directory is embedded at build time
-	}
-	return sub
+	return sqlmigrate.Embedded(migrationFiles)
 }
 
 // Migrate creates or upgrades the relay's tables: its own (above) and

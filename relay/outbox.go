@@ -66,7 +66,7 @@ func (o *Outbox[Tx]) Append(ctx context.Context, tx Tx, recs []consent.Record) e
 			closing = true
 		}
 	}
-	if closing {
+	if closing || !o.deliver {
 		// A call.completed event may be in the log already (a status
 		// callback sent again): only what the append creates is queued.
 		_, err = o.add(ctx, tx, evs)
@@ -77,14 +77,8 @@ func (o *Outbox[Tx]) Append(ctx context.Context, tx Tx, recs []consent.Record) e
 	// the append holds its chains' locks until the transaction commits,
 	// and every statement moved ahead of it is one round trip less that
 	// other transactions appending to those chains wait for.
-	if o.deliver {
-		all := make([]bool, len(evs))
-		for i := range all {
-			all[i] = true
-		}
-		if err := o.d.InsertJobs(ctx, o.river, tx, deliveryJobs(evs, all)); err != nil {
-			return fmt.Errorf("relay: enqueue delivery: %w", err)
-		}
+	if err := o.d.InsertJobs(ctx, o.river, tx, deliveryJobs(evs, nil)); err != nil {
+		return fmt.Errorf("relay: enqueue delivery: %w", err)
 	}
 	created, err := appendAudit(ctx, o.d.Audit(tx), evs)
 	if err != nil {
@@ -136,11 +130,12 @@ func (o *Outbox[Tx]) consentEvents(recs []consent.Record) ([]Event, error) {
 	return evs, nil
 }
 
-// deliveryJobs are the River jobs for the events appended (created) now.
+// deliveryJobs are the River jobs for the events appended (created) now;
+// created nil: for all of them.
 func deliveryJobs(evs []Event, created []bool) []river.InsertManyParams {
 	var jobs []river.InsertManyParams
 	for i, ev := range evs {
-		if created[i] {
+		if created == nil || created[i] {
 			jobs = append(jobs, river.InsertManyParams{Args: DeliverArgs{EventID: ev.ID}})
 		}
 	}

@@ -1,15 +1,18 @@
 package ivr
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha1"
 	"encoding/base64"
 	"errors"
+	"hash"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/twilio/twilio-go/client"
 )
@@ -32,7 +35,7 @@ func RequireTwilioSignature(publicBaseURL, authToken string, log *slog.Logger) f
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			r.Body = http.MaxBytesReader(w, r.Body, maxWebhookBody)
-			if err := r.ParseForm(); err != nil {
+			if err := parseWebhookForm(r); err != nil {
 				var tooBig *http.MaxBytesError
 				if errors.As(err, &tooBig) {
 					http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
@@ -75,24 +78,39 @@ func signedAsIs(key []byte, signedURL string, form url.Values, signature string)
 	if n, err := base64.StdEncoding.Decode(want[:], []byte(signature)); err != nil || n != sha1.Size {
 		return false
 	}
-	names := make([]string, 0, 24)
+	m := macs.Get().(*signing)
+	defer macs.Put(m)
+	if m.mac == nil || !bytes.Equal(m.key, key) {
+		m.key, m.mac = key, hmac.New(sha1.New, key)
+	}
+	m.names = m.names[:0]
 	for name, values := range form {
 		if len(values) > 0 {
-			names = append(names, name)
+			m.names = append(m.names, name)
 		}
 	}
-	slices.Sort(names)
-	msg := make([]byte, 0, 1024)
-	msg = append(msg, signedURL...)
-	for _, name := range names {
-		msg = append(msg, name...)
-		msg = append(msg, form[name][0]...)
+	slices.Sort(m.names)
+	m.msg = append(m.msg[:0], signedURL...)
+	for _, name := range m.names {
+		m.msg = append(m.msg, name...)
+		m.msg = append(m.msg, form[name][0]...)
 	}
-	mac := hmac.New(sha1.New, key)
-	mac.Write(msg)
+	m.mac.Reset()
+	m.mac.Write(m.msg)
 	var got [sha1.Size]byte
-	return hmac.Equal(mac.Sum(got[:0]), want[:sha1.Size])
+	return hmac.Equal(m.mac.Sum(got[:0]), want[:sha1.Size])
 }
+
+// signing is signedAsIs's reusable state: the HMAC keyed once (the key's
+// padding is computed by hmac.New, not by Reset) and the buffers.
+type signing struct {
+	key   []byte
+	mac   hash.Hash
+	names []string
+	msg   []byte
+}
+
+var macs = sync.Pool{New: func() any { return new(signing) }}
 
 // formParams flattens the POSTed form the way Twilio signs it: each
 // parameter once (Twilio never repeats one).

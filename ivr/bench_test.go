@@ -130,12 +130,10 @@ func BenchmarkGatherRefused(b *testing.B) {
 	defer func() { close(blocked.release); <-occupied }()
 	time.Sleep(50 * time.Millisecond) // the occupant has its slot
 
-	type signed struct{ body, signature string }
-	hooks := make([]signed, b.N)
+	hooks := make([]twiliosim.Signed, b.N)
 	for i := range hooks {
 		call := &twiliosim.Call{Twilio: h.twilio, SID: fmt.Sprintf("CA%032x", i), From: "+14155550123", To: "+18005550199"}
-		params := call.Params(url.Values{"Digits": {"1"}})
-		hooks[i] = signed{params.Encode(), twiliosim.Sign(authToken, action, params)}
+		hooks[i] = twiliosim.SignWebhook(authToken, action, call.Params(url.Values{"Digits": {"1"}}))
 	}
 	var next atomic.Int64
 	cpu := func() time.Duration {
@@ -151,14 +149,10 @@ func BenchmarkGatherRefused(b *testing.B) {
 	before := cpu()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			hook := hooks[next.Add(1)-1]
-			req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(hook.body))
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			req.Header.Set("X-Twilio-Signature", hook.signature)
-			w := httptest.NewRecorder()
-			handler.ServeHTTP(w, req)
+			w := &twiliosim.Answer{}
+			handler.ServeHTTP(w, hooks[next.Add(1)-1].Request(path))
 			if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "<Redirect") {
-				b.Errorf("not a hold: %d %s", w.Code, w.Body)
+				b.Errorf("not a hold: %d %s", w.Code, w.Body.String())
 			}
 		}
 	})

@@ -3,7 +3,6 @@ package integration
 import (
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -46,18 +45,18 @@ func BenchmarkOverload(b *testing.B) {
 		twilio := &twiliosim.Twilio{PublicBaseURL: publicBase, AuthToken: authToken, AccountSID: accountSID}
 		action := publicBase + ivr.PathGather + "?attempt=0&lang=en-US&t0=1800000000000"
 		// sign builds a signed Gather callback answering "1" for call sid.
-		type signed struct{ sid, body, signature string }
+		type signed struct {
+			sid string
+			twiliosim.Signed
+		}
 		sign := func(sid string) signed {
 			call := &twiliosim.Call{Twilio: twilio, SID: sid, From: "+14155550123", To: "+18005550199"}
-			p := call.Params(url.Values{"Digits": {"1"}})
-			return signed{sid, p.Encode(), twiliosim.Sign(authToken, action, p)}
+			return signed{sid, twiliosim.SignWebhook(authToken, action, call.Params(url.Values{"Digits": {"1"}}))}
 		}
+		target := strings.TrimPrefix(action, publicBase)
 		post := func(s signed) bool {
-			req := httptest.NewRequest(http.MethodPost, strings.TrimPrefix(action, publicBase), strings.NewReader(s.body))
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			req.Header.Set("X-Twilio-Signature", s.signature)
-			w := httptest.NewRecorder()
-			handler.ServeHTTP(w, req)
+			w := &twiliosim.Answer{}
+			handler.ServeHTTP(w, s.Request(target))
 			if w.Code != http.StatusOK {
 				b.Errorf("status %d: %s", w.Code, w.Body.String())
 				return false

@@ -315,6 +315,15 @@ type Header struct {
 // key rotation uses it to skip values already under the active key and
 // bound to their place, without decrypting them.
 func ReadHeader(s consent.Sealed) (Header, error) {
+	if v, ok := readOwn(s); ok {
+		// seal's own form, read without go-jose (a tenth of its cost): the
+		// relay reads the header of every number a decision relays.
+		b, err := v.binding()
+		if err != nil {
+			return Header{}, fmt.Errorf("pii: kid %q: %w", v.header.KID, err)
+		}
+		return Header{KID: v.header.KID, Binding: b}, nil
+	}
 	obj, err := parse(s)
 	if err != nil {
 		return Header{}, err
@@ -331,6 +340,9 @@ func ReadHeader(s consent.Sealed) (Header, error) {
 func SealedKID(s consent.Sealed) string {
 	if s == "" {
 		return ""
+	}
+	if v, ok := readOwn(s); ok {
+		return v.header.KID
 	}
 	obj, err := parse(s)
 	if err != nil {

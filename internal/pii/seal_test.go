@@ -49,6 +49,14 @@ func TestSealOpensWithGoJose(t *testing.T) {
 		if hb, err := headerBinding(obj.Header); err != nil || hb != b {
 			t.Fatalf("binding read back %+v, %v; want %+v", hb, err, b)
 		}
+		// ReadHeader and SealedKID read seal's form without go-jose, and
+		// say what go-jose says.
+		if h, err := ReadHeader(s); err != nil || h != (Header{KID: obj.Header.KeyID, Binding: b}) {
+			t.Fatalf("ReadHeader: %+v, %v", h, err)
+		}
+		if kid := SealedKID(s); kid != obj.Header.KeyID {
+			t.Fatalf("SealedKID: %q", kid)
+		}
 		if pt, err := k.OpenFor(b, s); err != nil || pt != plain {
 			t.Fatalf("OpenFor: %q, %v", pt, err)
 		}
@@ -82,6 +90,9 @@ func TestOpenReadsGoJoseValues(t *testing.T) {
 		}
 		if pt, err := k.OpenFor(where, consent.Sealed(s)); err != nil || pt != "+14158675309" {
 			t.Fatalf("zip %v: OpenFor = %q, %v", zip, pt, err)
+		}
+		if h, err := ReadHeader(consent.Sealed(s)); err != nil || h != (Header{KID: k.kid, Binding: where}) {
+			t.Fatalf("zip %v: ReadHeader = %+v, %v", zip, h, err)
 		}
 	}
 	other := mustRing(t, hexB, "")

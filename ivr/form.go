@@ -89,8 +89,10 @@ func parseFormBody(body string) (url.Values, error) {
 // unescapeFormPart is url.QueryUnescape, without a copy when there is
 // nothing to unescape.
 func unescapeFormPart(s string) (string, error) {
-	if strings.IndexAny(s, "%+") < 0 {
-		return s, nil
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' || s[i] == '+' {
+			return url.QueryUnescape(s)
+		}
 	}
-	return url.QueryUnescape(s)
+	return s, nil
 }

@@ -282,7 +282,7 @@ func (s *Server) disclosure(w http.ResponseWriter, r *http.Request, script, rest
 // gather takes a Gather's final result (or a confirmation key) and decides.
 func (s *Server) gather(w http.ResponseWriter, r *http.Request) {
 	now := s.cfg.Now()
-	st := parseFlowState(r.URL.Query(), now)
+	st := parseFlowState(r.URL.RawQuery, now)
 	script := s.script(st.Language)
 	form := r.PostForm
 
@@ -368,13 +368,14 @@ func within[T any](s *Server, r *http.Request, work func(ctx context.Context) (T
 	var zero T
 	// Real time, not cfg.Now: deadlines are about this process, not the call.
 	arrived := time.Now()
-	answerBy := time.NewTimer(s.cfg.AnswerDeadline)
-	defer answerBy.Stop()
-
 	if !s.admit.acquire(s.cfg.AdmitWait) {
 		s.cfg.Metrics.AdmissionRefused()
 		return zero, errOverloaded
 	}
+	// Timed from arrival; made only for admitted work (a refusal's cost
+	// is paid by every webhook a burst past capacity sends).
+	answerBy := time.NewTimer(s.cfg.AnswerDeadline - time.Since(arrived))
+	defer answerBy.Stop()
 
 	type result struct {
 		v   T
@@ -412,7 +413,7 @@ func (s *Server) partial(w http.ResponseWriter, r *http.Request) {
 
 // resume brings a call back into the flow after a hold: the question again.
 func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
-	st := parseFlowState(r.URL.Query(), s.cfg.Now())
+	st := parseFlowState(r.URL.RawQuery, s.cfg.Now())
 	script := s.script(st.Language)
 	s.cfg.Metrics.Answer(telemetry.AnswerReprompt)
 	s.writeTwiML(w, r)(twiml.Reprompt(script, max(st.Attempt, 1), s.gatherURLs(st)))

@@ -70,7 +70,7 @@ func (s *Server) disclosureURLs(st flowState, script, restartedFrom *twiml.Scrip
 // part complete only for answers Twilio's <Gather> heard).
 func (s *Server) heard(w http.ResponseWriter, r *http.Request) {
 	at := s.cfg.Now()
-	st := parseFlowState(r.URL.Query(), at)
+	st := parseFlowState(r.URL.RawQuery, at)
 	script := s.script(st.Language)
 	callSID := r.PostForm.Get("CallSid")
 	s.detached.Add(1)
@@ -107,7 +107,7 @@ func (s *Server) streamStatus(w http.ResponseWriter, r *http.Request) {
 // (MoveToReadBack): the read-back of the decision recorded. A call that has
 // none (it cannot, unless the record was lost) hears the question again.
 func (s *Server) decided(w http.ResponseWriter, r *http.Request) {
-	st := parseFlowState(r.URL.Query(), s.cfg.Now())
+	st := parseFlowState(r.URL.RawQuery, s.cfg.Now())
 	script := s.script(st.Language)
 	callSID := r.PostForm.Get("CallSid")
 	rec, err := within(s, r, func(ctx context.Context) (*consent.Record, error) {

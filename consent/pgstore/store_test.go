@@ -294,7 +294,7 @@ func TestBlockedRecordHonoursDeadline(t *testing.T) {
 	}
 	blocker := storetest.NewRecord(rec.CallSID, rec.Script.ID)
 	blocker, _ = blocker.Normalized()
-	if _, err := tx.Exec(ctx, insertRecord, insertArgs(blocker)...); err != nil {
+	if _, err := tx.Exec(ctx, insertRecords, insertRecordsArgs([]consent.Record{blocker})...); err != nil {
 		t.Fatal(err)
 	}
 
@@ -385,7 +385,7 @@ func TestStatementsPreparedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := count(t, s, `SELECT count(*) FROM pg_prepared_statements WHERE statement = $1`, insertRecord); n != 1 {
+	if n := count(t, s, `SELECT count(*) FROM pg_prepared_statements WHERE statement = $1`, insertRecords); n != 1 {
 		t.Fatalf("insert prepared %d times on the connection, want once", n)
 	}
 }

@@ -180,12 +180,12 @@ RETURNING call_sid, script_id`
 func insertRecordsArgs(recs []consent.Record) []any {
 	n := len(recs)
 	var (
-		ids, calls, scripts, versions, languages, shas = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		ids, calls, scripts, versions, languages, shas             = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		decisions, sources, refs, froms, tos, transcripts, timings = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		confidences = make([]*float64, n)
-		bargeIns, mustHear = make([]bool, n), make([]bool, n)
-		heard = make([]int64, n)
-		decidedAt = make([]time.Time, n)
+		confidences                                                = make([]*float64, n)
+		bargeIns, mustHear                                         = make([]bool, n), make([]bool, n)
+		heard                                                      = make([]int64, n)
+		decidedAt                                                  = make([]time.Time, n)
 	)
 	for i, rec := range recs {
 		ids[i], calls[i], scripts[i], versions[i], languages[i], shas[i] = rec.ID, rec.CallSID, rec.Script.ID, rec.Script.Version, rec.Script.Language, rec.Script.SHA256

@@ -55,7 +55,7 @@ func (o *Outbox[Tx]) Append(ctx context.Context, tx Tx, recs []consent.Record) e
 	if err != nil {
 		return err
 	}
-	closing := false
+	var closing []string // the call.completed events' ids
 	for _, rec := range recs {
 		if EndsCall(rec) {
 			ev, err := NewCallEndedEvent(rec, o.k)
@@ -63,31 +63,47 @@ func (o *Outbox[Tx]) Append(ctx context.Context, tx Tx, recs []consent.Record) e
 				return err
 			}
 			evs = append(evs, ev)
-			closing = true
+			closing = append(closing, ev.ID)
 		}
 	}
-	if closing || !o.deliver {
-		// A call.completed event may be in the log already (a status
-		// callback sent again): only what the append creates is queued.
+	if !o.deliver {
 		_, err = o.add(ctx, tx, evs)
 		return err
 	}
-	// A new record's event is new (its id is the record's), so its
-	// delivery job goes in before the audit append rather than after:
-	// the append holds its chains' locks until the transaction commits,
-	// and every statement moved ahead of it is one round trip less that
-	// other transactions appending to those chains wait for.
-	if err := o.d.InsertJobs(ctx, o.river, tx, deliveryJobs(evs, nil)); err != nil {
-		return fmt.Errorf("relay: enqueue delivery: %w", err)
+	// The delivery jobs go in before the audit append, not after: the
+	// append holds its chains' locks until the transaction commits, and
+	// every statement moved ahead of it is one round trip less that other
+	// transactions appending to those chains wait for (pg_stat_statements
+	// put those waits first among the status callback's statements). A
+	// new record's event is new (its id is the record's); a call.completed
+	// event may be in the log already (the relay's RecordCallCompleted for
+	// a call decided before it ended), so those are looked up first,
+	// outside the locks, and only the absent ones get a job.
+	present := map[string]bool{}
+	if len(closing) > 0 {
+		if present, err = o.d.Audit(tx).Existing(ctx, closing); err != nil {
+			return err
+		}
+	}
+	queued := make([]bool, len(evs))
+	for i, ev := range evs {
+		queued[i] = !present[ev.ID]
+	}
+	if jobs := deliveryJobs(evs, queued); len(jobs) > 0 {
+		if err := o.d.InsertJobs(ctx, o.river, tx, jobs); err != nil {
+			return fmt.Errorf("relay: enqueue delivery: %w", err)
+		}
 	}
 	created, err := appendAudit(ctx, o.d.Audit(tx), evs)
 	if err != nil {
 		return err
 	}
 	for i, c := range created {
-		if !c {
-			// Its delivery job was queued above: roll it all back.
-			return fmt.Errorf("relay: the event of new record %s is already in the audit log", evs[i].ID)
+		if !c && queued[i] {
+			// Appended by another transaction since the look-up: its
+			// delivery job was queued above. Roll it all back; retried,
+			// the look-up finds it.
+			return fmt.Errorf("relay: event %s was appended to the audit log meanwhile", evs[i].ID)
 		}
 	}
 	return nil
@@ -130,12 +146,12 @@ func (o *Outbox[Tx]) consentEvents(recs []consent.Record) ([]Event, error) {
 	return evs, nil
 }
 
-// deliveryJobs are the River jobs for the events appended (created) now;
-// created nil: for all of them.
-func deliveryJobs(evs []Event, created []bool) []river.InsertManyParams {
+// deliveryJobs are the River jobs for the events marked in want (those
+// appended now, or about to be).
+func deliveryJobs(evs []Event, want []bool) []river.InsertManyParams {
 	var jobs []river.InsertManyParams
 	for i, ev := range evs {
-		if created == nil || created[i] {
+		if want[i] {
 			jobs = append(jobs, river.InsertManyParams{Args: DeliverArgs{EventID: ev.ID}})
 		}
 	}

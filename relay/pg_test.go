@@ -484,6 +484,9 @@ func TestPostgresAuditLookupsStayIndexed(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer tx.Rollback(ctx)
+		if _, err := d.Audit(tx).Existing(ctx, []string{"ev-0"}); err != nil {
+			t.Fatal(err)
+		}
 		if _, _, err := d.Audit(tx).Begin(ctx, []int{0, 3, 7}, []string{"ev-1", "ev-2"}); err != nil {
 			t.Fatal(err)
 		}

@@ -459,4 +459,25 @@ func runUndecidedCallCarriesCallCompleted(t *testing.T, e *env) {
 	if res, err := e.relay.VerifyAudit(ctx); err != nil || res.Entries != 2 {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
+
+	// The other order: the call's call.completed is in the log (and
+	// queued) before its no_response is recorded. The record and its own
+	// event are written with one delivery job; the call.completed is not
+	// appended or queued a second time.
+	if _, created, err := e.relay.RecordCallCompleted(ctx, CallCompleted{CallSID: "CA_NR2", From: "+14158675309", At: time.Now()}); err != nil || !created {
+		t.Fatalf("call.completed first: created %v, %v", created, err)
+	}
+	rec2 := record(t, e.keyring, "rec_nr2", "CA_NR2")
+	rec2.Decision, rec2.Source, rec2.Confidence = consent.NoResponse, consent.SourceStatusCallback, nil
+	if _, created, err := e.store.Record(ctx, rec2); err != nil || !created {
+		t.Fatalf("Record after call.completed: %v %v", created, err)
+	}
+	for _, id := range []string{"rec_nr2", CallCompletedEventID("CA_NR2")} {
+		if ds, _ := e.relay.Deliveries(ctx, id); len(ds) != 1 {
+			t.Fatalf("%s: delivery jobs %+v, want 1", id, ds)
+		}
+	}
+	if res, err := e.relay.VerifyAudit(ctx); err != nil || res.Entries != 4 {
+		t.Fatalf("verify: %+v %v", res, err)
+	}
 }

@@ -63,6 +63,10 @@ type AuditTx interface {
 	// ids are already in the log. Both are read after the locks are held,
 	// so no other transaction appends to those chains until this one ends.
 	Begin(ctx context.Context, chains []int, ids []string) (map[int]Head, map[string]bool, error)
+	// Existing reports which of ids are already in the log, read without
+	// any chain lock (so another transaction may append one of them
+	// before a later Begin reads them again under the locks).
+	Existing(ctx context.Context, ids []string) (map[string]bool, error)
 	// Insert writes entries.
 	Insert(ctx context.Context, entries []AuditEntry) error
 }

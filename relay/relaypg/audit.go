@@ -80,6 +80,21 @@ func (p pgAudit) Begin(ctx context.Context, chains []int, ids []string) (map[int
 	return heads, existing, br.Close()
 }
 
+// Existing runs pgExisting on its own, before any chain lock, as an
+// unnamed statement: planned for its parameters every time (see Begin).
+func (p pgAudit) Existing(ctx context.Context, ids []string) (map[string]bool, error) {
+	rows, err := p.tx.Query(ctx, pgExisting, pgx.QueryExecModeExec, ids)
+	if err != nil {
+		return nil, fmt.Errorf("relay: audit lookup: %w", err)
+	}
+	existing := map[string]bool{}
+	var id string
+	if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { existing[id] = true; return nil }); err != nil {
+		return nil, fmt.Errorf("relay: audit lookup: %w", err)
+	}
+	return existing, nil
+}
+
 func (p pgAudit) Insert(ctx context.Context, entries []relaydriver.AuditEntry) error {
 	if len(entries) == 0 {
 		return nil

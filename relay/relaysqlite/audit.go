@@ -32,29 +32,37 @@ func (s sqliteAudit) Begin(ctx context.Context, chains []int, ids []string) (map
 			return nil, nil, fmt.Errorf("relay: audit head: %w", err)
 		}
 	}
+	existing, err := s.Existing(ctx, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	return heads, existing, nil
+}
+
+func (s sqliteAudit) Existing(ctx context.Context, ids []string) (map[string]bool, error) {
 	// The ids as one JSON array parameter: the statement's text stays the
 	// same however many there are.
 	list, err := json.Marshal(ids)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	rows, err := s.tx.QueryContext(ctx, `SELECT event_id FROM relay_audit WHERE event_id IN (SELECT value FROM json_each(?))`, string(list))
 	if err != nil {
-		return nil, nil, fmt.Errorf("relay: audit lookup: %w", err)
+		return nil, fmt.Errorf("relay: audit lookup: %w", err)
 	}
 	defer rows.Close()
 	existing := map[string]bool{}
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
-			return nil, nil, fmt.Errorf("relay: audit lookup: %w", err)
+			return nil, fmt.Errorf("relay: audit lookup: %w", err)
 		}
 		existing[id] = true
 	}
 	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("relay: audit lookup: %w", err)
+		return nil, fmt.Errorf("relay: audit lookup: %w", err)
 	}
-	return heads, existing, nil
+	return existing, nil
 }
 
 func (s sqliteAudit) Insert(ctx context.Context, entries []relaydriver.AuditEntry) error {

@@ -179,14 +179,11 @@ RETURNING call_sid, script_id`
 // insertRecordsArgs are insertRecords' arrays for recs.
 func insertRecordsArgs(recs []consent.Record) []any {
 	n := len(recs)
-	var (
-		ids, calls, scripts, versions, languages, shas             = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		decisions, sources, refs, froms, tos, transcripts, timings = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		confidences                                                = make([]*float64, n)
-		bargeIns, mustHear                                         = make([]bool, n), make([]bool, n)
-		heard                                                      = make([]int64, n)
-		decidedAt                                                  = make([]time.Time, n)
-	)
+	text := func() []string { return make([]string, n) }
+	ids, calls, scripts, versions, languages, shas := text(), text(), text(), text(), text(), text()
+	decisions, sources, refs, froms, tos, transcripts, timings := text(), text(), text(), text(), text(), text(), text()
+	confidences, bargeIns, heard := make([]*float64, n), make([]bool, n), make([]int64, n)
+	decidedAt, mustHear := make([]time.Time, n), make([]bool, n)
 	for i, rec := range recs {
 		ids[i], calls[i], scripts[i], versions[i], languages[i], shas[i] = rec.ID, rec.CallSID, rec.Script.ID, rec.Script.Version, rec.Script.Language, rec.Script.SHA256
 		decisions[i], sources[i], confidences[i], bargeIns[i], heard[i], refs[i] = string(rec.Decision), string(rec.Source), rec.Confidence, rec.BargeIn, rec.DisclosureHeardMS, rec.PatientRef

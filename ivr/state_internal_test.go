@@ -4,7 +4,6 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -49,13 +48,7 @@ func TestParseFlowStateAgreesWithParseQuery(t *testing.T) {
 	pieces := []string{"lang", "attempt", "t0", "ms", "l%61ng", "=", "=", "&", "&", "1", "0", "-1", "es-US", "en+US", "%2", "%zz", ";", "1800000000000", "x"}
 	rng := rand.New(rand.NewPCG(3, 4))
 	raws := []string{"", "attempt=0&lang=en-US&t0=1800000000000", "lang=es-US&ms=1&attempt=2&t0=1800000000000", "lang=a&lang=b", "lang=%zz&lang=b", "lang;=a&lang=b"}
-	for range 20000 {
-		var b strings.Builder
-		for range rng.IntN(14) {
-			b.WriteString(pieces[rng.IntN(len(pieces))])
-		}
-		raws = append(raws, b.String())
-	}
+	raws = append(raws, joinedPieces(rng, pieces, 20000, 14)...)
 	for _, raw := range raws {
 		if got, want := parseFlowState(raw, now), old(raw); got != want {
 			t.Fatalf("%q: %+v, url.ParseQuery's %+v", raw, got, want)

@@ -541,8 +541,9 @@ func (s *Server) readBack(w http.ResponseWriter, r *http.Request, script *twiml.
 func (s *Server) hold(w http.ResponseWriter, r *http.Request, script *twiml.Script, st flowState, what string, err error) {
 	if errors.Is(err, errOverloaded) {
 		// Refused work is counted one by one (metrics) but logged at most
-		// once a second: a line per refusal would make a burst's cost
-		// grow with the burst.
+		// once a second, here and not in the access log: a line per
+		// refusal would make a burst's cost grow with the burst.
+		telemetry.NoteShed(r.Context())
 		if n := s.refusedUnlogged.Add(1); s.refusedLog.Allow() {
 			s.refusedUnlogged.Add(-n)
 			s.cfg.Logger.Warn("webhooks degraded to hold: instance at capacity", "refused", n, "error", err)

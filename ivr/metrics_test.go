@@ -1,13 +1,17 @@
 package ivr_test
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/go-chi/chi/v5"
 
 	"github.com/consentline/consentline/consent"
 	"github.com/consentline/consentline/consent/memlock"
@@ -72,14 +76,20 @@ func TestMetricsMove(t *testing.T) {
 		Store: store, Locker: memlock.New(), Seal: keys.SealFor, Open: keys.OpenFor, PatientRef: pseudonyms.Ref, Metrics: m,
 	})
 	lib := twiml.Builtin()
-	srv := httptest.NewServer(ivr.New(ivr.Config{
+	// Behind serve's access log, whose lines are checked below.
+	var accessLines lockedLines
+	app := ivr.New(ivr.Config{
 		PublicBaseURL: publicBase, AuthToken: authToken, AccountSID: accountSID, Scripts: lib, Consent: svc,
 		Logger: slog.New(slog.DiscardHandler), Metrics: m,
 		// One slot: a second decision while the first is held is refused
 		// after AdmitWait; the first outlives its answer deadline.
 		MaxInFlight: 1, MinInFlight: 1, AdmitWait: 20 * time.Millisecond,
 		DecisionTimeout: 2 * time.Second, AnswerDeadline: 200 * time.Millisecond,
-	}))
+	})
+	root := chi.NewRouter()
+	root.Use(telemetry.RequestID, telemetry.AccessLog(slog.New(slog.NewJSONHandler(&accessLines, nil)), m))
+	root.Mount("/", app.Router())
+	srv := httptest.NewServer(root)
 	t.Cleanup(func() { srv.Close(); _ = base.Close() })
 	tw := &twiliosim.Twilio{PublicBaseURL: publicBase, Target: srv.URL, AuthToken: authToken, AccountSID: accountSID, HTTP: srv.Client()}
 	h := &harness{t: t, twilio: tw}
@@ -143,6 +153,17 @@ func TestMetricsMove(t *testing.T) {
 	if got := value("admission_limit"); got != 1 {
 		t.Errorf("admission_limit = %v, want 1 (its maximum)", got)
 	}
+	// The access log has the held decision's answer but not the refused
+	// one's: refusals are logged once a second, counted (NoteShed).
+	if n := accessLines.count(`"route":"/voice/gather"`, c3.SID); n != 1 {
+		t.Errorf("access lines for the gather past its deadline: %d, want 1", n)
+	}
+	if n := accessLines.count(`"route":"/voice/gather"`, c4.SID); n != 0 {
+		t.Errorf("access lines for the gather refused past capacity: %d, want 0", n)
+	}
+	if n := accessLines.count(`"route":"/voice/incoming"`, c4.SID); n != 1 {
+		t.Errorf("access lines for the refused call's incoming webhook: %d, want 1", n)
+	}
 
 	// A store that fails: an error hold.
 	store.setGate(nil)
@@ -156,4 +177,33 @@ func TestMetricsMove(t *testing.T) {
 	if got := answers(telemetry.AnswerHold); got != 3 {
 		t.Errorf("hold answers = %v, want 3", got)
 	}
+}
+
+// lockedLines collects log output, safe for concurrent writers.
+type lockedLines struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// count returns how many lines contain every one of parts.
+func (l *lockedLines) count(parts ...string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range strings.Split(l.buf.String(), "\n") {
+		all := line != ""
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
 }

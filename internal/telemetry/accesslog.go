@@ -35,8 +35,9 @@ func RequestID(next http.Handler) http.Handler {
 	})
 }
 
-// AccessLog logs one line per request at Info and records its duration in
-// m (HTTPRequest). Mount it with Use on the chi router that routes the
+// AccessLog logs one line per request at Info, except those a handler
+// noted as shed (NoteShed), and records every request's duration in m
+// (HTTPRequest). Mount it with Use on the chi router that routes the
 // request (the route pattern is complete only once the router has matched
 // it), after RequestID.
 func AccessLog(log *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
@@ -53,6 +54,9 @@ func AccessLog(log *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
 			}
 			route := routePattern(r)
 			m.HTTPRequest(route, status, took)
+			if n.shed {
+				return // counted above; summarized by the handler (NoteShed)
+			}
 			attrs := []slog.Attr{
 				slog.String("method", r.Method),
 				slog.String("route", route),
@@ -86,7 +90,10 @@ func routePattern(r *http.Request) string {
 }
 
 // note is what handlers tell the access log about their request.
-type note struct{ callSID string }
+type note struct {
+	callSID string
+	shed    bool
+}
 
 type noteKey struct{}
 
@@ -97,6 +104,20 @@ type noteKey struct{}
 func NoteCallSID(ctx context.Context, sid string) {
 	if n, ok := ctx.Value(noteKey{}).(*note); ok {
 		n.callSID = sid
+	}
+}
+
+// NoteShed tells the access log that the request was answered without
+// its work because the instance was past its capacity (the caller heard
+// the hold line), and that the handler logs such requests itself, counted
+// together at most once a second. Its access line is left out; its
+// duration and status are still recorded in the metrics. Past capacity an
+// instance answers most webhooks this way, and a line for each would make
+// a burst's cost grow with the burst: the line costs about as much as the
+// refusal itself (BenchmarkServeStack).
+func NoteShed(ctx context.Context) {
+	if n, ok := ctx.Value(noteKey{}).(*note); ok {
+		n.shed = true
 	}
 }
 

@@ -20,7 +20,8 @@ import (
 // handler that answers a hold line as a webhook refused past capacity
 // does. The log goes to /dev/null through a real write, as serve's goes
 // to stdout. Reported: cpu-µs/op of the process (getrusage), for the
-// handler bare and behind the stack.
+// handler bare, behind the stack, and behind the stack as a request shed
+// past capacity (NoteShed: no access line).
 //
 //	go test ./internal/telemetry -run '^$' -bench ServeStack
 func BenchmarkServeStack(b *testing.B) {
@@ -30,8 +31,11 @@ func BenchmarkServeStack(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, stacked := range []bool{false, true} {
-		b.Run(map[bool]string{false: "bare", true: "stacked"}[stacked], func(b *testing.B) {
+	for _, bc := range []struct {
+		name          string
+		stacked, shed bool
+	}{{"bare", false, false}, {"stacked", true, false}, {"stacked+shed", true, true}} {
+		b.Run(bc.name, func(b *testing.B) {
 			devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 			if err != nil {
 				b.Fatal(err)
@@ -42,11 +46,14 @@ func BenchmarkServeStack(b *testing.B) {
 			app := chi.NewRouter()
 			app.Post("/voice/gather", func(w http.ResponseWriter, r *http.Request) {
 				telemetry.NoteCallSID(r.Context(), "CA0123456789abcdef0123456789abcdef")
+				if bc.shed {
+					telemetry.NoteShed(r.Context())
+				}
 				w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 				_, _ = w.Write(hold)
 			})
 			var h http.Handler = app
-			if stacked {
+			if bc.stacked {
 				root := chi.NewRouter()
 				root.Use(telemetry.RequestID, telemetry.AccessLog(log, m), telemetry.Recoverer(log))
 				root.Mount("/", app)

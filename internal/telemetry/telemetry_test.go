@@ -96,6 +96,10 @@ func router(log *slog.Logger, m *telemetry.Metrics) chi.Router {
 		w.Header().Set("Content-Type", "text/xml")
 		_, _ = io.WriteString(w, "<Response/>")
 	})
+	r.Post("/voice/shed", func(w http.ResponseWriter, r *http.Request) {
+		telemetry.NoteShed(r.Context())
+		_, _ = io.WriteString(w, "<Response/>")
+	})
 	r.Post("/voice/panic", func(w http.ResponseWriter, r *http.Request) {
 		_ = r.ParseForm()
 		panic("caller said " + r.PostForm.Get("SpeechResult"))
@@ -118,7 +122,8 @@ func logLines(t *testing.T, buf *bytes.Buffer) []map[string]any {
 
 // One access line per request: method, route pattern (not the URL and its
 // query), status, duration, request id and the call SID a handler noted —
-// and no X-Request-Id the client made up.
+// and no X-Request-Id the client made up; none for a request shed past
+// capacity, which is still timed.
 func TestAccessLog(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&buf, nil))
@@ -139,6 +144,12 @@ func TestAccessLog(t *testing.T) {
 		t.Errorf("response X-Request-Id = %q, want a fresh id", id)
 	}
 	resp, err = http.Get(srv.URL + "/nowhere/%2B14155550123")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// A request shed past capacity has no line of its own, but is timed.
+	resp, err = http.Post(srv.URL+"/voice/shed", "application/x-www-form-urlencoded", strings.NewReader(form))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,6 +183,9 @@ func TestAccessLog(t *testing.T) {
 	}
 	if got := telemetrytest.Value(t, m, "consentline_http_request_duration_seconds", "route", "unmatched", "status", "404"); got != 1 {
 		t.Errorf("unmatched observations = %v, want 1", got)
+	}
+	if got := telemetrytest.Value(t, m, "consentline_http_request_duration_seconds", "route", "/voice/shed", "status", "200"); got != 1 {
+		t.Errorf("shed observations = %v, want 1", got)
 	}
 }
 

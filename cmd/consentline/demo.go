@@ -79,7 +79,7 @@ func demo(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer streams.Close()
-	srv := &http.Server{Handler: httpHandler(app, log, metrics, ""), ErrorLog: httpErrorLog(log), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: telemetry.Serve(app.Router(), log, metrics, ""), ErrorLog: httpErrorLog(log), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 

@@ -46,7 +46,7 @@ func startInstance(t *testing.T, env map[string]string) string {
 		b.close()
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(httpHandler(app, log, metrics, s.MetricsToken))
+	srv := httptest.NewServer(telemetry.Serve(app.Router(), log, metrics, s.MetricsToken))
 	t.Cleanup(func() {
 		srv.Close()
 		if streams != nil {

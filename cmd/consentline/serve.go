@@ -110,7 +110,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 
 	srv := &http.Server{
 		Addr:              net.JoinHostPort("", strconv.Itoa(s.Port)),
-		Handler:           closeWhenDraining(httpHandler(app, log, metrics, s.MetricsToken), &draining),
+		Handler:           closeWhenDraining(telemetry.Serve(app.Router(), log, metrics, s.MetricsToken), &draining),
 		ErrorLog:          httpErrorLog(log),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,

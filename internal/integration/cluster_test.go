@@ -27,6 +27,7 @@ import (
 	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/internal/faultproxy"
 	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/telemetry"
 	"github.com/consentline/consentline/internal/testdb"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
@@ -231,11 +232,14 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 			cfg.MediaStreams = true
 			cfg.UpdateCallURL = ivr.TwilioUpdateCallURL(c.twilioAPI())
 		}
+		metrics := telemetry.New()
+		cfg.Metrics = metrics
 		in.app = ivr.New(cfg)
 		if o.streams {
 			in.streams = mountStreams(t, in.app, cfg, c.lib, o.recognizer, log.With("instance", i))
 		}
-		in.srv = httptest.NewServer(c.timed(in.app))
+		// Served as serve serves it: request id, access log, metrics, recoverer.
+		in.srv = httptest.NewServer(c.timed(telemetry.Serve(in.app.Router(), log.With("instance", i), metrics, "")))
 		in.twilio = &twiliosim.Twilio{PublicBaseURL: publicBase, Target: in.srv.URL, AuthToken: authToken, AccountSID: accountSID, HTTP: c.http}
 		c.instances = append(c.instances, in)
 		t.Cleanup(func() {

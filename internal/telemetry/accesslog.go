@@ -19,6 +19,24 @@ import (
 // and parameter shapes were checked — the call SID. Never the form, the
 // query, the From/To numbers or what the caller said.
 
+// Serve is what serve's HTTP server serves: app's routes, with /metrics
+// mounted beside them, behind a request id, the access log (which also
+// times every request for the metrics) and the recoverer.
+//
+// They sit on a router of their own around app, rather than on it, so
+// that everything mounted on app — now or later, the media stream's
+// websocket included — is logged and timed the same way without the
+// package that owns app knowing of it.
+func Serve(app chi.Router, log *slog.Logger, m *Metrics, metricsToken string) http.Handler {
+	if m != nil { // nil (a test without metrics): nothing to serve
+		app.Method(http.MethodGet, PathMetrics, Handler(m, metricsToken, log))
+	}
+	root := chi.NewRouter()
+	root.Use(RequestID, AccessLog(log, m), Recoverer(log))
+	root.Mount("/", app)
+	return root
+}
+
 // RequestID gives every request an id (chi's middleware.RequestID), made
 // here: an X-Request-Id the client sent is dropped first, so nothing a
 // caller controls reaches the log through it. The id is also sent back in

@@ -15,8 +15,8 @@ import (
 )
 
 // BenchmarkServeStack measures what serve's stack around the IVR's routes
-// (request id, access log line, request metrics, recoverer, the root
-// router: cmd/consentline's httpHandler) adds to each request, with a
+// (Serve: request id, access log line, request metrics, recoverer, the
+// root router) adds to each request, with a
 // handler that answers a hold line as a webhook refused past capacity
 // does. The log goes to /dev/null through a real write, as serve's goes
 // to stdout. Reported: cpu-µs/op of the process (getrusage), for the
@@ -54,10 +54,7 @@ func BenchmarkServeStack(b *testing.B) {
 			})
 			var h http.Handler = app
 			if bc.stacked {
-				root := chi.NewRouter()
-				root.Use(telemetry.RequestID, telemetry.AccessLog(log, m), telemetry.Recoverer(log))
-				root.Mount("/", app)
-				h = root
+				h = telemetry.Serve(app, log, m, "")
 			}
 			b.ReportAllocs()
 			b.ResetTimer()

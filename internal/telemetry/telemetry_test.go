@@ -85,11 +85,9 @@ func TestNilMetrics(t *testing.T) {
 	m.VADOnset(telemetry.TrackInbound)
 }
 
-// router is a chi router wired as serve wires its own: request id, access
-// log, recoverer, then the routes.
-func router(log *slog.Logger, m *telemetry.Metrics) chi.Router {
+// router is a few routes served as serve serves the IVR's (Serve).
+func router(log *slog.Logger, m *telemetry.Metrics) http.Handler {
 	r := chi.NewRouter()
-	r.Use(telemetry.RequestID, telemetry.AccessLog(log, m), telemetry.Recoverer(log))
 	r.Post("/voice/gather", func(w http.ResponseWriter, r *http.Request) {
 		_ = r.ParseForm()
 		telemetry.NoteCallSID(r.Context(), r.PostForm.Get("CallSid"))
@@ -104,7 +102,7 @@ func router(log *slog.Logger, m *telemetry.Metrics) chi.Router {
 		_ = r.ParseForm()
 		panic("caller said " + r.PostForm.Get("SpeechResult"))
 	})
-	return r
+	return telemetry.Serve(r, log, m, "")
 }
 
 func logLines(t *testing.T, buf *bytes.Buffer) []map[string]any {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 	"github.com/consentline/consentline/consent/memlock"
 	"github.com/consentline/consentline/consent/sqlitestore"
 	"github.com/consentline/consentline/internal/pii"
+	"github.com/consentline/consentline/internal/telemetry"
 	"github.com/consentline/consentline/ivr"
 	"github.com/consentline/consentline/ivr/twiliosim"
 )
@@ -89,10 +91,19 @@ func (s blockingStore) Record(ctx context.Context, rec consent.Record) (consent.
 // Reported: cpu-µs/op, the process's CPU per refused webhook (getrusage),
 // which is what the refusals take from the decisions.
 // This is the cost that 9 of every 10 webhooks under a 10× overload add
-// (BenchmarkOverload).
+// (BenchmarkOverload). Sub-benchmarks: "handler" is the IVR's handler
+// alone, "served" behind serve's stack (telemetry.Serve).
 //
 //	go test ./ivr -run '^$' -bench GatherRefused -benchmem
 func BenchmarkGatherRefused(b *testing.B) {
+	b.Run("handler", func(b *testing.B) { benchGatherRefused(b, false) })
+	b.Run("served", func(b *testing.B) { benchGatherRefused(b, true) })
+}
+
+// benchGatherRefused is BenchmarkGatherRefused with the IVR's handler
+// bare, or served as serve serves it (telemetry.Serve: request id, access
+// log to /dev/null, metrics, recoverer).
+func benchGatherRefused(b *testing.B, served bool) {
 	ctx := context.Background()
 	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true})
 	if err != nil {
@@ -113,6 +124,14 @@ func BenchmarkGatherRefused(b *testing.B) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	})
 	handler := h.srv.Config.Handler
+	if served {
+		devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer devnull.Close()
+		handler = telemetry.Serve(h.ivr.Router(), slog.New(slog.NewJSONHandler(devnull, nil)), telemetry.New(), "")
+	}
 	action := publicBase + ivr.PathGather + "?attempt=0&lang=en-US&t0=1800000000000"
 	path := strings.TrimPrefix(action, publicBase)
 	post := func(sid string) *httptest.ResponseRecorder {

@@ -1,7 +1,6 @@
 package ivr_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net/http/httptest"
@@ -77,7 +76,7 @@ func TestMetricsMove(t *testing.T) {
 	})
 	lib := twiml.Builtin()
 	// Behind serve's access log, whose lines are checked below.
-	var accessLines lockedLines
+	var accessLines syncBuffer
 	app := ivr.New(ivr.Config{
 		PublicBaseURL: publicBase, AuthToken: authToken, AccountSID: accountSID, Scripts: lib, Consent: svc,
 		Logger: slog.New(slog.DiscardHandler), Metrics: m,
@@ -155,13 +154,13 @@ func TestMetricsMove(t *testing.T) {
 	}
 	// The access log has the held decision's answer but not the refused
 	// one's: refusals are logged once a second, counted (NoteShed).
-	if n := accessLines.count(`"route":"/voice/gather"`, c3.SID); n != 1 {
+	if n := countLines(accessLines.String(), `"route":"/voice/gather"`, c3.SID); n != 1 {
 		t.Errorf("access lines for the gather past its deadline: %d, want 1", n)
 	}
-	if n := accessLines.count(`"route":"/voice/gather"`, c4.SID); n != 0 {
+	if n := countLines(accessLines.String(), `"route":"/voice/gather"`, c4.SID); n != 0 {
 		t.Errorf("access lines for the gather refused past capacity: %d, want 0", n)
 	}
-	if n := accessLines.count(`"route":"/voice/incoming"`, c4.SID); n != 1 {
+	if n := countLines(accessLines.String(), `"route":"/voice/incoming"`, c4.SID); n != 1 {
 		t.Errorf("access lines for the refused call's incoming webhook: %d, want 1", n)
 	}
 
@@ -179,24 +178,10 @@ func TestMetricsMove(t *testing.T) {
 	}
 }
 
-// lockedLines collects log output, safe for concurrent writers.
-type lockedLines struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// count returns how many lines contain every one of parts.
-func (l *lockedLines) count(parts ...string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// countLines returns how many lines of log contain every one of parts.
+func countLines(log string, parts ...string) int {
 	n := 0
-	for _, line := range strings.Split(l.buf.String(), "\n") {
+	for _, line := range strings.Split(log, "\n") {
 		all := line != ""
 		for _, p := range parts {
 			all = all && strings.Contains(line, p)

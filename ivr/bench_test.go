@@ -74,10 +74,14 @@ type blockingStore struct {
 	consent.Store
 	callSID string
 	release chan struct{}
+	entered chan<- struct{} // told when the call's Record starts waiting (nil: not told)
 }
 
 func (s blockingStore) Record(ctx context.Context, rec consent.Record) (consent.Record, bool, error) {
 	if rec.CallSID == s.callSID {
+		if s.entered != nil {
+			s.entered <- struct{}{}
+		}
 		<-s.release
 	}
 	return s.Store.Record(ctx, rec)

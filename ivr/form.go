@@ -33,6 +33,11 @@ func parseWebhookForm(r *http.Request) error {
 	if r.Method != http.MethodPost || r.Header.Get("Content-Type") != formContentType {
 		return r.ParseForm()
 	}
+	if body, read := intakeBody(r); read {
+		form, err := parseFormBody(body)
+		r.PostForm = form
+		return err
+	}
 	buf := bodyBuffers.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bodyBuffers.Put(buf)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,6 +94,10 @@ type Config struct {
 	MaxInFlight int
 	MinInFlight int
 	AdmitWait   time.Duration
+	// IntakeSlots bounds the webhooks being checked and answered at once,
+	// decision work aside (default half of GOMAXPROCS, at least 1; see
+	// intake).
+	IntakeSlots int
 	Now         func() time.Time
 	// Metrics, when set, counts the answers by kind, the holds by cause,
 	// the work admission refused, and reads the admission limit on scrape
@@ -149,8 +154,12 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.IntakeSlots <= 0 {
+		cfg.IntakeSlots = max(1, runtime.GOMAXPROCS(0)/2)
+	}
 	s := &Server{cfg: cfg, base: strings.TrimRight(cfg.PublicBaseURL, "/"), admit: newAdmission(cfg.MinInFlight, cfg.MaxInFlight),
 		refusedLog: rate.NewLimiter(rate.Every(time.Second), 1)}
+	in := newIntake(cfg.IntakeSlots)
 	cfg.Metrics.WatchAdmission(s.admit.current)
 
 	r := chi.NewRouter()
@@ -159,7 +168,7 @@ func New(cfg Config) *Server {
 	r.Group(func(r chi.Router) {
 		// Shapes are checked after the signature: an unsigned request is
 		// refused whatever it carries, and a signed one can still be re-cut.
-		r.Use(RequireTwilioSignature(s.base, cfg.AuthToken, cfg.Logger), requireTwilioParams(cfg.AccountSID, cfg.Logger))
+		r.Use(in.middleware, RequireTwilioSignature(s.base, cfg.AuthToken, cfg.Logger), requireTwilioParams(cfg.AccountSID, cfg.Logger))
 		// Only now is the CallSid signed and of Twilio's shape: the access
 		// log may show it.
 		r.Use(noteCallSID)
@@ -368,6 +377,7 @@ func within[T any](s *Server, r *http.Request, work func(ctx context.Context) (T
 	var zero T
 	// Real time, not cfg.Now: deadlines are about this process, not the call.
 	arrived := time.Now()
+	leaveIntake(r) // from here the handler waits; see intake
 	if !s.admit.acquire(s.cfg.AdmitWait) {
 		s.cfg.Metrics.AdmissionRefused()
 		return zero, errOverloaded

@@ -3,6 +3,7 @@ package ivr
 import (
 	"container/list"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -43,6 +44,9 @@ type admission struct {
 	// a waiter whose wait ran out leaves from anywhere in it.
 	waiting  list.List
 	maxQueue int
+	// queued mirrors waiting.Len() for readers that do not take mu
+	// (intake asks it of every webhook).
+	queued atomic.Int32
 }
 
 type waiter struct {
@@ -89,6 +93,7 @@ func (a *admission) acquire(wait time.Duration) bool {
 	}
 	w := &waiter{granted: make(chan bool, 1)}
 	w.elem = a.waiting.PushBack(w)
+	a.queued.Store(int32(a.waiting.Len()))
 	a.mu.Unlock()
 
 	timer := time.NewTimer(wait)
@@ -101,6 +106,7 @@ func (a *admission) acquire(wait time.Duration) bool {
 	a.mu.Lock()
 	if w.elem != nil {
 		a.waiting.Remove(w.elem)
+		a.queued.Store(int32(a.waiting.Len()))
 		w.elem = nil
 		a.mu.Unlock()
 		return false
@@ -123,11 +129,16 @@ func (a *admission) release(inTime bool) {
 	}
 	for a.waiting.Len() > 0 && a.inflight < int(a.limit) {
 		newest := a.waiting.Remove(a.waiting.Back()).(*waiter)
+		a.queued.Store(int32(a.waiting.Len()))
 		newest.elem = nil
 		a.inflight++
 		newest.granted <- true
 	}
 }
+
+// saturated reports whether work is waiting for a slot: the instance is
+// at its capacity.
+func (a *admission) saturated() bool { return a.queued.Load() > 0 }
 
 // current reports the limit and the work in flight.
 func (a *admission) current() (limit, inflight int) {

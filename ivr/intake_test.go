@@ -29,16 +29,19 @@ func answeredWithin(d time.Duration, fn func() error) (bool, error) {
 	}
 }
 
-// A webhook holds its intake slot only while it uses the CPU: one whose
-// decision waits on the database has given its slot back, so with a
-// single slot the other calls' webhooks are still answered meanwhile.
-func TestIntakeSlotFreeWhileDeciding(t *testing.T) {
+// atCapacity is an instance with one admission slot and one intake slot,
+// held at capacity: one call's decision waits in the store (its webhook
+// unanswered) and two more calls' wait for admission, so webhooks take
+// intake slots; the last of them came through the intake slot. release
+// lets all three finish.
+func atCapacity(t *testing.T) (h *harness, release func()) {
+	t.Helper()
 	ctx := context.Background()
 	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
+	t.Cleanup(func() { store.Close() })
 	keys, err := pii.NewKeyring(testKey)
 	if err != nil {
 		t.Fatal(err)
@@ -49,37 +52,58 @@ func TestIntakeSlotFreeWhileDeciding(t *testing.T) {
 		Store: blocked, Locker: memlock.New(), Threshold: consent.DefaultThreshold,
 		Seal: keys.SealFor, Open: keys.OpenFor, PatientRef: func(string) string { return "pr_intake" },
 	})
-	h := newHarness(t, t.TempDir(), func(c *ivr.Config) {
-		c.Consent, c.IntakeSlots = svc, 1
-		c.DecisionTimeout, c.AnswerDeadline = 10*time.Second, 10*time.Second
+	h = newHarness(t, t.TempDir(), func(c *ivr.Config) {
+		c.Consent, c.IntakeSlots, c.MaxInFlight, c.MinInFlight = svc, 1, 1, 1
+		c.DecisionTimeout, c.AnswerDeadline, c.AdmitWait = 10*time.Second, 10*time.Second, 10*time.Second
 	})
-	deciding := h.call("intake-deciding")
-	g := h.start(deciding)
-	decided := make(chan error, 1)
-	go func() {
-		_, err := deciding.TwiML(ctx, g.Attr("action"), deciding.Params(url.Values{"Digits": {"1"}}))
-		decided <- err
-	}()
-	<-entered // its decision waits in the store, its webhook unanswered
-
-	other := h.call("intake-other")
-	ok, err := answeredWithin(5*time.Second, func() error { _, err := other.Start(ctx, ivr.PathIncoming); return err })
-	close(blocked.release)
-	if err := <-decided; err != nil {
-		t.Fatal(err)
+	answered := make(chan error, 3)
+	answer := func(name string) {
+		c := h.call(name)
+		g := h.start(c)
+		go func() {
+			_, err := c.TwiML(ctx, g.Attr("action"), c.Params(url.Values{"Digits": {"1"}}))
+			answered <- err
+		}()
 	}
+	answer("intake-deciding")
+	<-entered // the one admission slot is taken
+	answer("intake-waiting")
+	time.Sleep(100 * time.Millisecond) // the second waits for admission
+	// The third comes at capacity: it takes the intake slot, then waits
+	// for admission too.
+	answer("intake-waiting-too")
+	time.Sleep(100 * time.Millisecond)
+	return h, func() {
+		close(blocked.release)
+		for range 3 {
+			if err := <-answered; err != nil {
+				t.Error(err)
+			}
+		}
+	}
+}
+
+// At capacity, a webhook holds its intake slot only while it uses the
+// CPU: those waiting for admission or their decision have given theirs
+// back, so with a single slot another call's webhook is still answered.
+func TestIntakeSlotFreeWhileDeciding(t *testing.T) {
+	h, release := atCapacity(t)
+	other := h.call("intake-other")
+	ok, err := answeredWithin(5*time.Second, func() error { _, err := other.Start(context.Background(), ivr.PathIncoming); return err })
+	release()
 	if !ok {
-		t.Fatal("another call's webhook waited for the intake slot of a webhook whose decision was waiting")
+		t.Fatal("a webhook waited for the intake slot of webhooks waiting for their decision")
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-// A webhook whose body is still arriving holds no intake slot: a slow
-// sender does not stop the others with a single slot.
+// A webhook whose body is still arriving holds no intake slot: at
+// capacity, a slow sender does not stop the others with a single slot.
 func TestIntakeSlowBodyHoldsNoSlot(t *testing.T) {
-	h := newHarness(t, t.TempDir(), func(c *ivr.Config) { c.IntakeSlots = 1 })
+	h, release := atCapacity(t)
+	defer release()
 	body, sending := io.Pipe()
 	req, err := http.NewRequest(http.MethodPost, h.srv.URL+ivr.PathIncoming, body)
 	if err != nil {

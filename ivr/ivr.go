@@ -94,9 +94,9 @@ type Config struct {
 	MaxInFlight int
 	MinInFlight int
 	AdmitWait   time.Duration
-	// IntakeSlots bounds the webhooks being checked and answered at once,
-	// decision work aside (default half of GOMAXPROCS, at least 1; see
-	// intake).
+	// IntakeSlots bounds the webhooks being checked and answered at once
+	// while the instance is at capacity, decision work aside (default half
+	// of GOMAXPROCS, at least 1; see intake).
 	IntakeSlots int
 	Now         func() time.Time
 	// Metrics, when set, counts the answers by kind, the holds by cause,
@@ -159,7 +159,7 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, base: strings.TrimRight(cfg.PublicBaseURL, "/"), admit: newAdmission(cfg.MinInFlight, cfg.MaxInFlight),
 		refusedLog: rate.NewLimiter(rate.Every(time.Second), 1)}
-	in := newIntake(cfg.IntakeSlots)
+	in := newIntake(cfg.IntakeSlots, s.admit.saturated)
 	cfg.Metrics.WatchAdmission(s.admit.current)
 
 	r := chi.NewRouter()

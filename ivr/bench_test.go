@@ -77,6 +77,27 @@ type blockingStore struct {
 	entered chan<- struct{} // told when the call's Record starts waiting (nil: not told)
 }
 
+// blockedService is a consent service on a new embedded store whose
+// Record of the call named name waits until blocked.release is closed
+// (entered, when set, is told when it starts waiting).
+func blockedService(tb testing.TB, name string, entered chan<- struct{}) (*consent.Service, blockingStore) {
+	tb.Helper()
+	store, err := sqlitestore.Open(context.Background(), tb.TempDir(), sqlitestore.Options{Migrate: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { store.Close() })
+	keys, err := pii.NewKeyring(testKey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	blocked := blockingStore{Store: store, callSID: callSID(name), release: make(chan struct{}), entered: entered}
+	return consent.NewService(consent.Config{
+		Store: blocked, Locker: memlock.New(), Threshold: consent.DefaultThreshold,
+		Seal: keys.SealFor, Open: keys.OpenFor, PatientRef: func(string) string { return "pr_blocked" },
+	}), blocked
+}
+
 func (s blockingStore) Record(ctx context.Context, rec consent.Record) (consent.Record, bool, error) {
 	if rec.CallSID == s.callSID {
 		if s.entered != nil {
@@ -108,21 +129,7 @@ func BenchmarkGatherRefused(b *testing.B) {
 // bare, or served as serve serves it (telemetry.Serve: request id, access
 // log to /dev/null, metrics, recoverer).
 func benchGatherRefused(b *testing.B, served bool) {
-	ctx := context.Background()
-	store, err := sqlitestore.Open(ctx, b.TempDir(), sqlitestore.Options{Migrate: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer store.Close()
-	keys, err := pii.NewKeyring(testKey)
-	if err != nil {
-		b.Fatal(err)
-	}
-	blocked := blockingStore{Store: store, callSID: callSID("occupant"), release: make(chan struct{})}
-	svc := consent.NewService(consent.Config{
-		Store: blocked, Locker: memlock.New(), Threshold: consent.DefaultThreshold,
-		Seal: keys.SealFor, Open: keys.OpenFor, PatientRef: func(string) string { return "pr_bench" },
-	})
+	svc, blocked := blockedService(b, "occupant", nil)
 	h := newHarness(b, b.TempDir(), func(c *ivr.Config) {
 		c.Consent, c.MaxInFlight, c.MinInFlight, c.AdmitWait = svc, 1, 1, time.Nanosecond
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -9,10 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/consentline/consentline/consent"
-	"github.com/consentline/consentline/consent/memlock"
-	"github.com/consentline/consentline/consent/sqlitestore"
-	"github.com/consentline/consentline/internal/pii"
 	"github.com/consentline/consentline/ivr"
 )
 
@@ -37,21 +33,8 @@ func answeredWithin(d time.Duration, fn func() error) (bool, error) {
 func atCapacity(t *testing.T) (h *harness, release func()) {
 	t.Helper()
 	ctx := context.Background()
-	store, err := sqlitestore.Open(ctx, t.TempDir(), sqlitestore.Options{Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	keys, err := pii.NewKeyring(testKey)
-	if err != nil {
-		t.Fatal(err)
-	}
 	entered := make(chan struct{}, 1)
-	blocked := blockingStore{Store: store, callSID: callSID("intake-deciding"), release: make(chan struct{}), entered: entered}
-	svc := consent.NewService(consent.Config{
-		Store: blocked, Locker: memlock.New(), Threshold: consent.DefaultThreshold,
-		Seal: keys.SealFor, Open: keys.OpenFor, PatientRef: func(string) string { return "pr_intake" },
-	})
+	svc, blocked := blockedService(t, "intake-deciding", entered)
 	h = newHarness(t, t.TempDir(), func(c *ivr.Config) {
 		c.Consent, c.IntakeSlots, c.MaxInFlight, c.MinInFlight = svc, 1, 1, 1
 		c.DecisionTimeout, c.AnswerDeadline, c.AdmitWait = 10*time.Second, 10*time.Second, 10*time.Second

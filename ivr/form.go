@@ -3,6 +3,7 @@ package ivr
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -38,15 +39,32 @@ func parseWebhookForm(r *http.Request) error {
 		r.PostForm = form
 		return err
 	}
+	body, err := readBody(r.Body)
+	if err != nil {
+		return err
+	}
+	form, err := parseFormBody(body)
+	r.PostForm = form
+	return err
+}
+
+// readBody reads body whole into one string, through a pooled buffer.
+func readBody(body io.Reader) (string, error) {
 	buf := bodyBuffers.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bodyBuffers.Put(buf)
-	if _, err := buf.ReadFrom(r.Body); err != nil {
-		return err
+	_, err := buf.ReadFrom(body)
+	return buf.String(), err
+}
+
+// refuseBody answers a webhook whose body could not be read or parsed:
+// 413 for one larger than maxWebhookBody (not Twilio's), 400 otherwise.
+func refuseBody(w http.ResponseWriter, err error) {
+	if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
+		http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+		return
 	}
-	form, err := parseFormBody(buf.String())
-	r.PostForm = form
-	return err
+	http.Error(w, "malformed form body", http.StatusBadRequest)
 }
 
 // parseFormBody is url.ParseQuery: every well-formed pair is kept and the

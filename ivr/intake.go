@@ -1,9 +1,7 @@
 package ivr
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -60,17 +58,9 @@ type intakeKey struct{}
 // the chain (see leaveIntake).
 func (in *intake) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		buf := bodyBuffers.Get().(*bytes.Buffer)
-		buf.Reset()
-		_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, maxWebhookBody))
-		body := buf.String()
-		bodyBuffers.Put(buf)
+		body, err := readBody(http.MaxBytesReader(w, r.Body, maxWebhookBody))
 		if err != nil {
-			if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
-				http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
-				return
-			}
-			http.Error(w, "request body not read", http.StatusBadRequest)
+			refuseBody(w, err)
 			return
 		}
 		r.Body = io.NopCloser(strings.NewReader(body))

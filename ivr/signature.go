@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha1"
 	"encoding/base64"
-	"errors"
 	"hash"
 	"log/slog"
 	"net/http"
@@ -36,12 +35,7 @@ func RequireTwilioSignature(publicBaseURL, authToken string, log *slog.Logger) f
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			r.Body = http.MaxBytesReader(w, r.Body, maxWebhookBody)
 			if err := parseWebhookForm(r); err != nil {
-				var tooBig *http.MaxBytesError
-				if errors.As(err, &tooBig) {
-					http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
-					return
-				}
-				http.Error(w, "malformed form body", http.StatusBadRequest)
+				refuseBody(w, err)
 				return
 			}
 			signature := r.Header.Get("X-Twilio-Signature")
